@@ -1,9 +1,12 @@
 /* smimestream: small internal helpers (buffers, error text, wiping). */
 #include "config.h"
 
+#include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <gnutls/gnutls.h>
 
@@ -94,4 +97,52 @@ void sms__wipe(void *p, size_t n)
 {
     if (p && n)
         gnutls_memset(p, 0, n);
+}
+
+void sms_wipe(void *p, size_t n)
+{
+    sms__wipe(p, n);
+}
+
+int sms_read_secret_file(const char *path, char *buf, size_t size, char *err, size_t err_size)
+{
+    sms_return_val_if_fail(path != NULL && buf != NULL && size > 1, SMS_ERR_INVALID_ARG);
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+    if (fd < 0) {
+        sms__set_err(err, err_size, "cannot open PIN file '%s': %s", path, strerror(errno));
+        return SMS_ERR_NOINPUT;
+    }
+    size_t len = 0;
+    for (;;) {
+        ssize_t n = read(fd, buf + len, size - 1 - len);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0) {
+            sms__set_err(err, err_size, "cannot read PIN file '%s': %s", path, strerror(errno));
+            close(fd);
+            sms__wipe(buf, size);
+            return SMS_ERR_NOINPUT;
+        }
+        if (n == 0)
+            break;
+        len += (size_t)n;
+        if (len == size - 1) {
+            char extra;
+            if (read(fd, &extra, 1) > 0) {
+                sms__set_err(err, err_size, "PIN file '%s' is longer than %zu bytes", path,
+                             size - 1);
+                close(fd);
+                sms__wipe(buf, size);
+                sms__wipe(&extra, 1);
+                return SMS_ERR_BAD_DATA;
+            }
+            break;
+        }
+    }
+    close(fd);
+    buf[len] = '\0';
+    char *nl = strpbrk(buf, "\r\n");
+    if (nl)
+        *nl = '\0';
+    return SMS_OK;
 }

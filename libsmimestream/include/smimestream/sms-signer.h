@@ -109,6 +109,13 @@ const char *sms_signer_describe(const sms_signer *signer);
 int sms_signer_sign(sms_signer *signer, const sms_sign_request *req, uint8_t *sig,
                     size_t *sig_len, char *err, size_t err_size);
 
+/* Read a PIN or passphrase from the first line of a file (for --pin-file).
+ * Trailing CR/LF is removed.  buf receives a NUL-terminated string; wipe it with
+ * sms_wipe() after use. */
+int sms_read_secret_file(const char *path, char *buf, size_t size, char *err, size_t err_size);
+/* Wipe memory that held a secret, in a way the compiler does not remove. */
+void sms_wipe(void *p, size_t n);
+
 /* ---- Plugin ABI -------------------------------------------------------- */
 
 #define SMS_PLUGIN_ABI_VERSION 1
