@@ -338,6 +338,15 @@ static int output_open(output *out)
     out->fd = STDOUT_FILENO;
     if (!O.output || strcmp(O.output, "-") == 0)
         return EX_OK;
+    struct stat st;
+    if (stat(O.output, &st) == 0 && !S_ISREG(st.st_mode)) {
+        /* A device or FIFO (e.g. /dev/null): write to it directly. */
+        out->fd = open(O.output, O_WRONLY | O_CLOEXEC | O_NOCTTY);
+        if (out->fd < 0)
+            return die(EX_CANTCREAT, "-o %s: %s", O.output, g_strerror(errno));
+        out->final_path = g_strdup(O.output);
+        return EX_OK;
+    }
     /* Write next to the target and rename at the end, so that a failed or
      * aborted run never leaves a file that looks like a finished message. */
     out->final_path = g_strdup(O.output);
@@ -377,6 +386,8 @@ static int output_finish(output *out, bool ok)
             code = die(EX_CANTCREAT, "-o %s: %s", out->final_path, g_strerror(errno));
         if (!ok || code != EX_OK)
             unlink(out->tmp_path);
+    } else if (out->final_path) {
+        close(out->fd);
     }
     g_free(out->tmp_path);
     g_free(out->final_path);
