@@ -56,12 +56,13 @@ SMS_HIDDEN void sms__wipe(void *p, size_t n);
  * output with a line break: the caller writes the CRLF that starts the
  * following MIME delimiter. */
 
-/* Base64, 76 columns, CRLF between lines, no CRLF after the last line. */
+/* Base64, 76 columns, CRLF between lines, no CRLF after the last line.
+ * The CRLF is written lazily, before the first group of the next line, so
+ * the output never ends with one. */
 typedef struct sms__b64 {
     uint8_t pend[3];
-    unsigned npend;
-    unsigned col;   /* characters on the current output line */
-    bool any;       /* any output written yet */
+    unsigned npend; /* input bytes carried to the next call (0-2) */
+    unsigned col;   /* characters on the current output line (0-76) */
 } sms__b64;
 
 SMS_HIDDEN void sms__b64_init(sms__b64 *e);
@@ -75,14 +76,15 @@ SMS_HIDDEN size_t sms__b64_final(sms__b64 *e, uint8_t *out);
  * LF or CRLF; output has CRLF hard breaks and "=" CRLF soft breaks, lines at
  * most 76 characters.  A bare CR is encoded as =0D.  "=", controls, bytes
  * >= 0x80, whitespace before a line end, "From " and "." at the start of a
- * line are encoded, so the output never contains "=_" (our boundaries do). */
+ * line are encoded, so the output never contains "=_" (our boundaries do).
+ * The first "-" of a line starting with "--" is encoded too.  The line-start
+ * rules hold for every output line, also those after a soft break. */
 typedef struct sms__qp {
-    uint8_t line[80];  /* encoded characters of the current line not yet written */
-    unsigned line_len;
-    unsigned col;      /* columns already written on the current output line */
-    uint8_t hold[8];   /* input held back: a CR, trailing whitespace, "From"/"." */
+    uint8_t hold[8];   /* input not yet encoded: each byte is encoded only once
+                        * the 4 bytes after it are known (or at final), since
+                        * "From " needs that much lookahead */
     unsigned nhold;
-    bool any;
+    unsigned col;      /* characters already written on the current output line */
 } sms__qp;
 
 SMS_HIDDEN void sms__qp_init(sms__qp *e);
