@@ -27,6 +27,10 @@ const char *sms_strerror(int err)
     case SMS_ERR_UNSUPPORTED: return "not supported";
     case SMS_ERR_CANCELLED: return "cancelled";
     case SMS_ERR_TRANSPORT: return "transport failed";
+    case SMS_ERR_SMTP_REFUSED: return "the mail server refused the message";
+    case SMS_ERR_SMTP_TEMPFAIL: return "temporary mail server or connection failure";
+    case SMS_ERR_SMTP_AUTH: return "mail server authentication failed";
+    case SMS_ERR_SMTP_UNKNOWN: return "connection lost after the message was sent: possibly delivered";
     }
     return "unknown error";
 }
@@ -47,7 +51,12 @@ int sms_error_exit_code(int err)
     case SMS_ERR_PIN:
     case SMS_ERR_CANCELLED: return EX_NOPERM;
     case SMS_ERR_UNAVAILABLE:
+    case SMS_ERR_SMTP_REFUSED:
     case SMS_ERR_SIGNER: return EX_UNAVAILABLE;
+    case SMS_ERR_SMTP_TEMPFAIL: return EX_TEMPFAIL;
+    case SMS_ERR_SMTP_AUTH: return EX_NOPERM;
+    /* Not TEMPFAIL: a retry could deliver the message twice. */
+    case SMS_ERR_SMTP_UNKNOWN: return EX_PROTOCOL;
     case SMS_ERR_ABORTED:
     case SMS_ERR_TRANSPORT: return EX_TEMPFAIL;
     case SMS_ERR_NOMEM:

@@ -6,6 +6,7 @@
 #include <smimestream/sms-signer.h>
 #include <smimestream/sms-source.h>
 #include <smimestream/sms-message.h>
+#include <smimestream/sms-smtp.h>
 
 #define SMS_DEFINE_CLEANUP(type, func)                                                      \
     static inline void func##p(type **p) { if (*p) func(*p); }

@@ -31,6 +31,10 @@ typedef enum {
     SMS_ERR_UNSUPPORTED = -16,    /* key type or option not supported */
     SMS_ERR_CANCELLED = -17,      /* operation cancelled (e.g. PIN prompt) */
     SMS_ERR_TRANSPORT = -18,      /* the consumer (e.g. SMTP) failed */
+    SMS_ERR_SMTP_REFUSED = -19,   /* permanent refusal (5xx) or refused recipient */
+    SMS_ERR_SMTP_TEMPFAIL = -20,  /* 4xx, connection failure, timeout */
+    SMS_ERR_SMTP_AUTH = -21,      /* authentication failed or impossible */
+    SMS_ERR_SMTP_UNKNOWN = -22,   /* lost after the final dot: possibly delivered */
 } sms_error;
 
 /* A short English description of an error code.  Never NULL. */

@@ -1,0 +1,1 @@
+/* SMTP transport: being written */
