@@ -103,7 +103,7 @@ static const GOptionEntry signing_entries[] = {
     { "signer", 0, 0, G_OPTION_ARG_STRING, &O.signer,
       "Key file (PEM, PKCS#8, PKCS#12), pkcs11: URI, or dbus:NAME", "SPEC" },
     { "cert", 0, 0, G_OPTION_ARG_FILENAME, &O.cert, "Signer certificate and chain (PEM)", "FILE" },
-    { "digest", 0, 0, G_OPTION_ARG_STRING, &O.digest, "sha256 (default), sha384, sha512, sha224", "ALG" },
+    { "digest", 0, 0, G_OPTION_ARG_STRING, &O.digest, "sha256, sha384, sha512, sha224 (default: sha256; sha384 for P-384, sha512 for P-521 and Ed25519)", "ALG" },
     { "pss", 0, 0, G_OPTION_ARG_NONE, &O.pss, "Sign RSA keys with RSA-PSS", NULL },
     { "allow-weak-digest", 0, 0, G_OPTION_ARG_NONE, &O.allow_weak, "Permit sha1 and md5", NULL },
     { "pin-file", 0, 0, G_OPTION_ARG_FILENAME, &O.pin_file,

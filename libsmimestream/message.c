@@ -717,6 +717,8 @@ int sms_message_prepare(sms_message *m)
                         "--digest sha512");
         m->digest = SMS_DIGEST_SHA512;
     }
+    if (!m->digest_set)
+        m->digest = sms__signer_default_digest(m->signer);
     if (sms__digest_is_weak(m->digest) && !(m->flags & SMS_MESSAGE_ALLOW_WEAK_DIGEST))
         return fail(m, SMS_ERR_DIGEST,
                     "%s is a weak digest and is refused; use sha256 (the default), or allow it "

@@ -19,6 +19,7 @@ struct sms_signer {
     size_t n_certs;
     gnutls_pubkey_t pubkey;    /* of certs[0] */
     gnutls_pk_algorithm_t pk;
+    unsigned bits;             /* key size; the curve size for ECDSA */
     void *module;              /* dlopen handle of the plugin, or NULL */
 };
 
@@ -56,7 +57,7 @@ static int load_leaf(sms_signer *s)
     }
     if (gnutls_pubkey_import_x509(s->pubkey, crt, 0) < 0)
         goto out;
-    s->pk = gnutls_pubkey_get_pk_algorithm(s->pubkey, NULL);
+    s->pk = gnutls_pubkey_get_pk_algorithm(s->pubkey, &s->bits);
     r = SMS_OK;
 out:
     gnutls_x509_crt_deinit(crt);
@@ -171,6 +172,17 @@ const char *sms_signer_describe(const sms_signer *signer)
 void sms__signer_set_module(sms_signer *signer, void *dl_handle)
 {
     signer->module = dl_handle;
+}
+
+sms_digest sms__signer_default_digest(const sms_signer *signer)
+{
+    /* Match the hash to the curve: gpgsm, for one, refuses a 256-bit hash
+     * with a P-384 key. */
+    if (signer->pk == GNUTLS_PK_EDDSA_ED25519 || (signer->pk == GNUTLS_PK_ECDSA && signer->bits > 384))
+        return SMS_DIGEST_SHA512;
+    if (signer->pk == GNUTLS_PK_ECDSA && signer->bits > 256)
+        return SMS_DIGEST_SHA384;
+    return SMS_DIGEST_SHA256;
 }
 
 gnutls_pubkey_t sms__signer_pubkey(const sms_signer *signer)
