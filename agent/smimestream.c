@@ -11,6 +11,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <locale.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -52,6 +53,15 @@ typedef struct opts {
     char *output;
     gboolean progress;
     gint64 buffer_size;
+    /* send */
+    char *smtp;
+    gboolean starttls;
+    char *user;
+    char *password_file;
+    char *cacert;
+    gint64 timeout;
+    char **bcc;
+    gboolean allow_partial_rcpt;
 } opts;
 
 static opts O;
@@ -90,7 +100,7 @@ static const GOptionEntry message_entries[] = {
     { "body", 0, 0, G_OPTION_ARG_STRING, &O.body, "Text body (UTF-8)", "TEXT" },
     { "body-file", 0, 0, G_OPTION_ARG_FILENAME, &O.body_file, "Read the text body from FILE", "FILE" },
     { "header", 0, 0, G_OPTION_ARG_STRING_ARRAY, &O.headers, "Extra header (repeatable)", "'NAME: VALUE'" },
-    { "attach", 0, 0, G_OPTION_ARG_CALLBACK, on_attach,
+    { "attach", 0, G_OPTION_FLAG_FILENAME, G_OPTION_ARG_CALLBACK, on_attach,
       "Attach a file, pipe, FIFO or device; - is standard input (repeatable; read once)", "PATH" },
     { "attach-name", 0, 0, G_OPTION_ARG_CALLBACK, on_attach_meta,
       "File name for the --attach before it", "NAME" },
@@ -120,6 +130,20 @@ static const GOptionEntry output_entries[] = {
     { NULL }
 };
 
+static const GOptionEntry transport_entries[] = {
+    { "smtp", 0, 0, G_OPTION_ARG_STRING, &O.smtp, "Mail server: smtp://host[:port] or smtps://host[:port]", "URL" },
+    { "starttls", 0, 0, G_OPTION_ARG_NONE, &O.starttls, "Require STARTTLS on smtp:// (implied by --user)", NULL },
+    { "user", 0, 0, G_OPTION_ARG_STRING, &O.user, "Log in to the server as NAME (needs TLS)", "NAME" },
+    { "password-file", 0, 0, G_OPTION_ARG_FILENAME, &O.password_file,
+      "Read the server password from FILE (default: ask on the terminal)", "FILE" },
+    { "cacert", 0, 0, G_OPTION_ARG_FILENAME, &O.cacert, "Trust the CA certificates in FILE for the server", "FILE" },
+    { "timeout", 0, 0, G_OPTION_ARG_INT64, &O.timeout, "Connect and response timeout (default 30 and 60)", "SECONDS" },
+    { "bcc", 0, 0, G_OPTION_ARG_STRING_ARRAY, &O.bcc, "Blind copy: envelope only (repeatable)", "ADDR" },
+    { "allow-partial-recipients", 0, 0, G_OPTION_ARG_NONE, &O.allow_partial_rcpt,
+      "Send to the accepted recipients even if some are refused", NULL },
+    { NULL }
+};
+
 /* ---- errors ------------------------------------------------------------ */
 
 static const char *prog = "smimestream";
@@ -146,17 +170,24 @@ static int die_msg(sms_message *m, int r, const char *what)
 /* ---- signals ----------------------------------------------------------- */
 
 static sms_message *volatile sig_msg;
+static sms_smtp *volatile sig_smtp;
 static volatile sig_atomic_t sig_count;
 
+/* First SIGINT: cancel (the partial message is still signed and sent).
+ * A second SIGINT, SIGTERM or SIGHUP: abort (nothing is delivered). */
 static void on_sigint(int sig)
 {
     sms_message *m = sig_msg;
+    sms_smtp *t = sig_smtp;
     if (sig == SIGINT && sig_count++ == 0) {
         if (m)
             sms_message_cancel(m);
-    } else if (m) {
-        sms_message_abort(m);
+        return;
     }
+    if (m)
+        sms_message_abort(m);
+    if (t)
+        sms_smtp_abort(t);
 }
 
 static void install_signals(void)
@@ -169,6 +200,7 @@ static void install_signals(void)
      * cancel takes effect at once. */
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGHUP, &sa, NULL);
     signal(SIGPIPE, SIG_IGN);
 }
 
@@ -232,13 +264,13 @@ static int build_message(sms_message **ret_msg)
     char err[512] = "";
     int r;
     if (!m)
-        return die(EX_OSERR, "out of memory");
+        return die(sms_error_exit_code(SMS_ERR_NOMEM), "out of memory");
     *ret_msg = m;
 
     if (!O.from)
         return die(EX_USAGE, "no sender: give --from ADDR");
     if (!O.to && !O.cc)
-        return die(EX_USAGE, "no recipients: give at least one --to ADDR");
+        return die(EX_USAGE, "no recipients: give at least one --to ADDR or --cc ADDR");
     if (!O.signer)
         return die(EX_USAGE, "no signer: give --signer KEYFILE or --signer 'pkcs11:...'");
     if (O.body && O.body_file)
@@ -437,9 +469,9 @@ static int run_sign(void)
 
     if (r < 0) {
         code = die_msg(m, r, r == SMS_ERR_ABORTED ? "aborted" : "signing failed");
-        if (!out.tmp_path && r != SMS_ERR_ABORTED)
-            fprintf(stderr, "%s: the output on standard output is incomplete and unsigned; "
-                            "discard it\n", prog);
+        if (!out.tmp_path)
+            fprintf(stderr, "%s: what was written to %s is incomplete and unsigned; discard it\n",
+                    prog, out.final_path ? out.final_path : "standard output");
         output_finish(&out, false);
         sms_message_free(m);
         return code;
@@ -450,6 +482,140 @@ static int run_sign(void)
                         "it says which attachment is incomplete\n",
                 prog, sms_message_get_message_id(m));
     sms_message_free(m);
+    return code;
+}
+
+/* ---- send -------------------------------------------------------------- */
+
+static sms_progress_line *send_pl;
+
+static void on_smtp_progress(sms_smtp_phase phase, const sms_message *m, void *ud)
+{
+    static const char *const names[] = {
+        [SMS_SMTP_PHASE_IDLE] = "starting",
+        [SMS_SMTP_PHASE_CONNECTING] = "connecting",
+        [SMS_SMTP_PHASE_ENVELOPE] = "sending envelope",
+        [SMS_SMTP_PHASE_STREAMING] = NULL, /* the message's own phase */
+        [SMS_SMTP_PHASE_WAITING] = "waiting for the server",
+        [SMS_SMTP_PHASE_DONE] = "done",
+    };
+    if (!send_pl)
+        return;
+    sms_progress_line_set_phase(send_pl, (unsigned)phase < G_N_ELEMENTS(names) ? names[phase] : NULL);
+    sms_progress_line_update(send_pl, m, false);
+}
+
+static void report_recipients(sms_smtp *t, bool failed)
+{
+    size_t n = sms_smtp_get_recipient_count(t);
+    for (size_t i = 0; i < n; i++) {
+        sms_rcpt_result rr = { .struct_size = sizeof rr };
+        if (sms_smtp_get_recipient(t, i, &rr) < 0)
+            continue;
+        if (rr.status == SMS_RCPT_ACCEPTED && !failed)
+            continue;
+        fprintf(stderr, "%s:   %s: %s", prog, rr.address,
+                rr.status == SMS_RCPT_ACCEPTED ? "accepted"
+                : rr.status == SMS_RCPT_REFUSED ? "REFUSED"
+                                                : "not tried");
+        if (rr.reply_code)
+            fprintf(stderr, " (%d %s)", rr.reply_code, rr.reply_text ? rr.reply_text : "");
+        fputc('\n', stderr);
+    }
+}
+
+static int setup_smtp(sms_smtp *t)
+{
+    int r;
+    if ((r = sms_smtp_set_url(t, O.smtp)) < 0)
+        return die(sms_error_exit_code(r), "--smtp %s: %s", O.smtp, sms_smtp_last_error(t));
+    if (O.user) {
+        char pass[1024];
+        char err[512] = "";
+        if (O.password_file)
+            r = sms_read_secret_file(O.password_file, pass, sizeof pass, err, sizeof err);
+        else if ((r = tty_prompt(O.smtp, "", pass, sizeof pass, NULL)) < 0)
+            g_strlcpy(err, "no password: give --password-file FILE, or run on a terminal to be asked",
+                      sizeof err);
+        if (r < 0) {
+            sms_wipe(pass, sizeof pass);
+            return die(r == SMS_ERR_CANCELLED ? EX_NOPERM : sms_error_exit_code(r), "--user: %s", err);
+        }
+        r = sms_smtp_set_auth(t, O.user, pass);
+        sms_wipe(pass, sizeof pass);
+        if (r < 0)
+            return die(sms_error_exit_code(r), "--user: %s", sms_smtp_last_error(t));
+    } else if (O.password_file) {
+        return die(EX_USAGE, "--password-file needs --user NAME");
+    }
+    if (O.cacert && (r = sms_smtp_set_cacert(t, O.cacert)) < 0)
+        return die(sms_error_exit_code(r), "--cacert: %s", sms_smtp_last_error(t));
+    if (O.timeout < 0 || O.timeout > 86400)
+        return die(EX_USAGE, "--timeout %" G_GINT64_FORMAT ": give 1 to 86400 seconds", O.timeout);
+    if (O.timeout && (r = sms_smtp_set_timeouts(t, (long)O.timeout, (long)O.timeout)) < 0)
+        return die(sms_error_exit_code(r), "--timeout: %s", sms_smtp_last_error(t));
+    for (char **p = O.bcc; p && *p; p++)
+        if ((r = sms_smtp_add_bcc(t, *p)) < 0)
+            return die(sms_error_exit_code(r), "--bcc: %s", sms_smtp_last_error(t));
+    unsigned flags = (O.starttls ? SMS_SMTP_REQUIRE_STARTTLS : 0) |
+                     (O.allow_partial_rcpt ? SMS_SMTP_ALLOW_PARTIAL_RECIPIENTS : 0);
+    if ((r = sms_smtp_set_flags(t, flags)) < 0)
+        return die(sms_error_exit_code(r), "options: %s", sms_smtp_last_error(t));
+    return EX_OK;
+}
+
+static int run_send(void)
+{
+    if (!O.smtp)
+        return die(EX_USAGE, "no mail server: give --smtp smtp://host:port or smtps://host:port");
+    if (O.output)
+        return die(EX_USAGE, "-o is for 'sign'; 'send' delivers to --smtp");
+    sms_smtp *t = sms_smtp_new();
+    if (!t)
+        return die(sms_error_exit_code(SMS_ERR_NOMEM), "out of memory");
+    int code = setup_smtp(t);
+    sms_message *m = NULL;
+    if (code == EX_OK)
+        code = build_message(&m);
+    if (code != EX_OK) {
+        sms_message_free(m);
+        sms_smtp_free(t);
+        return code;
+    }
+    send_pl = O.progress ? sms_progress_line_new("send") : NULL;
+    sms_smtp_set_progress(t, on_smtp_progress, NULL);
+    sig_msg = m;
+    sig_smtp = t;
+    install_signals();
+
+    int r = sms_smtp_send(t, m);
+
+    sig_smtp = NULL;
+    sig_msg = NULL;
+    if (send_pl) {
+        sms_progress_line_set_phase(send_pl, r < 0 ? "failed" : NULL);
+        sms_progress_line_update(send_pl, m, true);
+        sms_progress_line_free(send_pl);
+        send_pl = NULL;
+    }
+    if (r < 0) {
+        const char *what = r == SMS_ERR_SMTP_UNKNOWN ? "POSSIBLY DELIVERED"
+                           : r == SMS_ERR_ABORTED    ? "aborted, nothing was delivered"
+                                                     : "not sent";
+        code = die(sms_error_exit_code(r), "%s: %s", what, sms_smtp_last_error(t));
+        report_recipients(t, true);
+    } else {
+        if (sms_message_is_partial(m))
+            fprintf(stderr, "%s: cancelled: delivered a signed PARTIAL message (Message-ID <%s>)\n",
+                    prog, sms_message_get_message_id(m));
+        report_recipients(t, false); /* refused ones, with --allow-partial-recipients */
+        if (O.progress)
+            fprintf(stderr, "%s: sent <%s>: %s\n", prog, sms_message_get_message_id(m),
+                    sms_smtp_last_reply(t));
+        code = EX_OK;
+    }
+    sms_message_free(m);
+    sms_smtp_free(t);
     return code;
 }
 
@@ -477,6 +643,11 @@ static void free_opts(void)
     g_free(O.digest);
     g_free(O.pin_file);
     g_free(O.output);
+    g_free(O.smtp);
+    g_free(O.user);
+    g_free(O.password_file);
+    g_free(O.cacert);
+    g_strfreev(O.bcc);
 }
 
 static const char usage_text[] =
@@ -484,11 +655,15 @@ static const char usage_text[] =
     "\n"
     "Commands:\n"
     "  sign     write a signed S/MIME message to -o FILE or standard output\n"
+    "  send     sign and send it to a mail server (--smtp URL) in the same pass\n"
     "\n"
     "Run 'smimestream sign --help' for the options; see smimestream(1).\n";
 
 int main(int argc, char **argv)
 {
+    /* Option text (subject, names) is taken in the user's locale and
+     * converted to UTF-8 by GOption. */
+    setlocale(LC_ALL, "");
     if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {
         fputs(usage_text, argc < 2 ? stderr : stdout);
         return argc < 2 ? EX_USAGE : EX_OK;
@@ -498,13 +673,15 @@ int main(int argc, char **argv)
         return EX_OK;
     }
     const char *cmd = argv[1];
-    if (strcmp(cmd, "sign") != 0) {
+    bool send = strcmp(cmd, "send") == 0;
+    if (!send && strcmp(cmd, "sign") != 0) {
         fprintf(stderr, "%s: unknown command '%s'\n\n%s", prog, cmd, usage_text);
         return EX_USAGE;
     }
 
     O.attach = g_array_new(FALSE, TRUE, sizeof(attach_opt));
-    g_autoptr(GOptionContext) ctx = g_option_context_new("- sign an S/MIME message in one pass");
+    g_autoptr(GOptionContext) ctx = g_option_context_new(
+        send ? "- sign and send an S/MIME message in one pass" : "- sign an S/MIME message in one pass");
     GOptionGroup *g;
     g = g_option_group_new("message", "Message options:", "Show message options", NULL, NULL);
     g_option_group_add_entries(g, message_entries);
@@ -512,6 +689,11 @@ int main(int argc, char **argv)
     g = g_option_group_new("signing", "Signing options:", "Show signing options", NULL, NULL);
     g_option_group_add_entries(g, signing_entries);
     g_option_context_add_group(ctx, g);
+    if (send) {
+        g = g_option_group_new("transport", "Transport options:", "Show transport options", NULL, NULL);
+        g_option_group_add_entries(g, transport_entries);
+        g_option_context_add_group(ctx, g);
+    }
     g_option_context_add_main_entries(ctx, output_entries, NULL);
     g_option_context_set_description(ctx,
         "Exit status: 0 ok, 64 usage, 65 bad data, 66 no input, 69 unavailable,\n"
@@ -534,7 +716,7 @@ int main(int argc, char **argv)
         free_opts();
         return code;
     }
-    int code = run_sign();
+    int code = send ? run_send() : run_sign();
     free_opts();
     return code;
 }

@@ -896,11 +896,20 @@ static int step_attach_data(sms_message *m)
     size_t n = 0;
     char err[256] = "";
     int r = sms__source_read(a->src, m->chunk, m->chunk_size, &n, err, sizeof err);
-    if (r == SMS_ERR_CANCELLED)
-        return SMS_OK; /* interrupted: look at the flags again */
+    if (r == SMS__INTERRUPTED)
+        return SMS_OK; /* a signal: look at the flags again */
     if (r < 0)
         return fail(m, r, "attachment %zu (%s): %s", m->cur + 1, a->filename,
                     err[0] ? err : sms_strerror(r));
+    if (n == 0 && __atomic_load_n(&m->cancel_req, __ATOMIC_ACQUIRE)) {
+        /* Ctrl-C in a shell also stops the program feeding the pipe, so its
+         * end-of-file may arrive before we see the cancel: the attachment is
+         * cut short either way, and says so. */
+        finish_attachment(m);
+        m->partial = true;
+        m->step = STEP_NOTICE;
+        return SMS_OK;
+    }
     if (n == 0) {
         a->done = true;
         finish_attachment(m);

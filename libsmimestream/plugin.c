@@ -82,11 +82,22 @@ static int try_load(const char *dir, const char *module, const char *scheme, voi
     return 1;
 }
 
+static bool running_uninstalled(void)
+{
+    Dl_info info;
+    const char *root = SMS_BUILD_ROOT;
+    if (!dladdr((void *)running_uninstalled, &info) || !info.dli_fname)
+        return false;
+    return strncmp(info.dli_fname, root, strlen(root)) == 0 && info.dli_fname[strlen(root)] == '/';
+}
+
 static int find_plugin(const char *scheme, void **ret_handle, const sms_plugin_descriptor **ret_desc,
                        char *err, size_t err_size)
 {
     const char *module = module_for_scheme(scheme);
-    const char *env = getenv("SMIMESTREAM_PLUGIN_DIR");
+    /* secure_getenv: a setuid/setgid program never takes plugins from the
+     * caller's environment. */
+    const char *env = secure_getenv("SMIMESTREAM_PLUGIN_DIR");
     int r;
 
     if (env && *env) {
@@ -106,7 +117,16 @@ static int find_plugin(const char *scheme, void **ret_handle, const sms_plugin_d
     if (r != 0)
         return r < 0 ? r : SMS_OK;
 
-    /* Uninstalled: the build tree keeps each plugin in plugins/NAME/. */
+    /* Uninstalled: the build tree keeps each plugin in plugins/NAME/.  Only
+     * searched when this code itself runs from the build tree, so an
+     * installed copy never loads modules from a stale build directory. */
+    if (!running_uninstalled()) {
+        sms__set_err(err, err_size,
+                     "no signer plugin for '%s:' (looked for %s.so in $SMIMESTREAM_PLUGIN_DIR "
+                     "and %s); install it or set SMIMESTREAM_PLUGIN_DIR",
+                     scheme, module, SMS_PLUGIN_DIR);
+        return SMS_ERR_UNAVAILABLE;
+    }
     sms__buf dir;
     sms__buf_init(&dir);
     sms__buf_printf(&dir, "%s/%s", SMS_BUILD_PLUGIN_DIR, module);
@@ -130,9 +150,14 @@ int sms_signer_open(const char *spec, const sms_signer_options *options, sms_sig
 {
     sms_return_val_if_fail(spec != NULL && *spec, SMS_ERR_INVALID_ARG);
     sms_return_val_if_fail(ret_signer != NULL, SMS_ERR_INVALID_ARG);
-    sms_signer_options defaults = { .struct_size = sizeof defaults };
-    if (!options)
-        options = &defaults;
+    /* Plugins get a full-size, zeroed struct whatever the caller's size, so
+     * a plugin built against a newer header never reads past the caller's. */
+    sms_signer_options opts = { .struct_size = sizeof opts };
+    if (options)
+        memcpy(&opts, options,
+               options->struct_size < sizeof opts ? options->struct_size : sizeof opts);
+    opts.struct_size = sizeof opts;
+    options = &opts;
 
     char scheme[32];
     spec_scheme(spec, scheme, sizeof scheme);

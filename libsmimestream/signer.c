@@ -70,6 +70,7 @@ int sms_signer_new(const sms_signer_class *klass, void *impl, const uint8_t *con
     sms_return_val_if_fail(klass != NULL, SMS_ERR_INVALID_ARG);
     sms_return_val_if_fail(klass->struct_size >= offsetof(sms_signer_class, destroy),
                            SMS_ERR_INVALID_ARG);
+    sms_return_val_if_fail(klass->sign != NULL, SMS_ERR_INVALID_ARG);
     sms_return_val_if_fail(certs != NULL && cert_lens != NULL && n_certs > 0, SMS_ERR_INVALID_ARG);
     sms_return_val_if_fail(n_certs <= 32, SMS_ERR_LIMIT);
     sms_return_val_if_fail(ret_signer != NULL, SMS_ERR_INVALID_ARG);

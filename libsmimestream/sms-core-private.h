@@ -12,8 +12,10 @@ SMS_HIDDEN gnutls_digest_algorithm_t sms__digest_gnutls(sms_digest d);
 SMS_HIDDEN bool sms__digest_is_weak(sms_digest d);
 
 /* source.c: read into buf; *ret_n == 0 at end.  SMS_ERR_IO with a message
- * on failure; EINTR is returned as SMS_ERR_CANCELLED so that the caller can
- * look at its cancel/abort flags before trying again. */
+ * on failure.  A read interrupted by a signal returns SMS__INTERRUPTED (a
+ * positive value, never an error code) so that the caller can look at its
+ * cancel/abort flags before trying again. */
+#define SMS__INTERRUPTED 1
 SMS_HIDDEN int sms__source_read(sms_source *src, void *buf, size_t cap, size_t *ret_n, char *err,
                                 size_t err_size);
 

@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -13,6 +14,7 @@
 struct sms_source {
     int fd;
     bool own_fd;
+    bool fifo;          /* opened O_NONBLOCK by path: poll before reading */
     int64_t size;
     char *name;
     sms_source_read_func read;
@@ -60,7 +62,10 @@ int sms_source_new_path(const char *path, sms_source **ret_source, char *err, si
         return r;
     }
     /* O_NONBLOCK so that opening a FIFO without a writer does not hang
-     * here; it is cleared again so that reads wait for data. */
+     * here (a wrong PIN must fail before any writer shows up).  A FIFO keeps
+     * O_NONBLOCK and is polled before each read: on Linux, poll() on a FIFO
+     * reports neither data nor hang-up until a writer has come and gone,
+     * whereas a plain read() would return a false end-of-file. */
     int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
     if (fd < 0) {
         int e = errno;
@@ -74,9 +79,12 @@ int sms_source_new_path(const char *path, sms_source **ret_source, char *err, si
         close(fd);
         return SMS_ERR_NOINPUT;
     }
-    int fl = fcntl(fd, F_GETFL);
-    if (fl >= 0)
-        (void)fcntl(fd, F_SETFL, fl & ~O_NONBLOCK);
+    bool fifo = S_ISFIFO(st.st_mode);
+    if (!fifo) {
+        int fl = fcntl(fd, F_GETFL);
+        if (fl >= 0)
+            (void)fcntl(fd, F_SETFL, fl & ~O_NONBLOCK);
+    }
 
     sms_source *src = NULL;
     int r = sms_source_new_fd(fd, 1, &src);
@@ -84,6 +92,7 @@ int sms_source_new_path(const char *path, sms_source **ret_source, char *err, si
         close(fd);
         return r;
     }
+    src->fifo = fifo;
     const char *base = strrchr(path, '/');
     src->name = strdup(base ? base + 1 : path);
     if (!src->name) {
@@ -149,12 +158,28 @@ int sms__source_read(sms_source *src, void *buf, size_t cap, size_t *ret_n, char
         *ret_n = n;
         return SMS_OK;
     }
-    /* Fill as much of the chunk as the fd gives without waiting twice:
-     * one read() per call keeps pipes responsive. */
-    ssize_t n = read(src->fd, buf, cap);
+    /* One read() per call: a pipe gives what it has, which keeps the
+     * message moving at the producer's pace. */
+    ssize_t n;
+    for (;;) {
+        if (src->fifo) {
+            struct pollfd pfd = { .fd = src->fd, .events = POLLIN };
+            if (poll(&pfd, 1, -1) < 0) {
+                if (errno == EINTR)
+                    return SMS__INTERRUPTED;
+                sms__set_err(err, err_size, "waiting for attachment %s failed: %s",
+                             src->name ? src->name : "", strerror(errno));
+                return SMS_ERR_IO;
+            }
+        }
+        n = read(src->fd, buf, cap);
+        if (n < 0 && src->fifo && (errno == EAGAIN || errno == EWOULDBLOCK))
+            continue;
+        break;
+    }
     if (n < 0) {
         if (errno == EINTR)
-            return SMS_ERR_CANCELLED;
+            return SMS__INTERRUPTED;
         sms__set_err(err, err_size, "reading attachment%s%s failed: %s", src->name ? " " : "",
                      src->name ? src->name : "", strerror(errno));
         return SMS_ERR_IO;

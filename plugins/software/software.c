@@ -22,6 +22,7 @@
 #include <smimestream/smimestream.h>
 
 #define PASS_MAX 1024
+#define MAX_PROMPTS 3
 
 typedef struct software_key {
     gnutls_privkey_t key;
@@ -163,10 +164,15 @@ static int load_file(const char *path, gnutls_datum_t *ret, char *err, size_t er
     return SMS_OK;
 }
 
-static bool looks_pkcs12(const char *path, const gnutls_datum_t *data)
+static bool has_p12_extension(const char *path)
 {
     const char *dot = strrchr(path, '.');
-    if (dot && (strcasecmp(dot, ".p12") == 0 || strcasecmp(dot, ".pfx") == 0))
+    return dot && (strcasecmp(dot, ".p12") == 0 || strcasecmp(dot, ".pfx") == 0);
+}
+
+static bool looks_pkcs12(const char *path, const gnutls_datum_t *data)
+{
+    if (has_p12_extension(path))
         return true;
     /* DER SEQUENCE with no PEM armour. */
     return data->size > 0 && data->data[0] == 0x30 &&
@@ -214,15 +220,18 @@ static int load_pkcs12(const char *path, const gnutls_datum_t *data, const sms_s
         gnutls_pkcs12_deinit(p12);
         return SMS_ERR_BAD_DATA;
     }
-    for (int attempt = 0; attempt < 4; attempt++) {
+    /* The first try uses what we have; then up to MAX_PROMPTS answers. */
+    for (int attempt = 0;; attempt++) {
         r = gnutls_pkcs12_verify_mac(p12, have_pass ? pass : "");
         if (r >= 0 || r == GNUTLS_E_UNKNOWN_HASH_ALGORITHM)
             break;
-        int pr = need_pass(path, o, pass, &have_pass, attempt ? "wrong passphrase, try again" : "",
-                           err, err_size);
-        if (pr < 0 || (attempt == 3)) {
-            if (pr >= 0)
-                seterr(err, err_size, "wrong passphrase for '%s'", path);
+        int pr = attempt < MAX_PROMPTS
+                     ? need_pass(path, o, pass, &have_pass,
+                                 attempt ? "wrong passphrase, try again" : "", err, err_size)
+                     : SMS_ERR_PIN;
+        if (pr < 0) {
+            if (attempt == MAX_PROMPTS)
+                seterr(err, err_size, "wrong passphrase for '%s' (%d tries)", path, attempt);
             gnutls_pkcs12_deinit(p12);
             return SMS_ERR_PIN;
         }
@@ -255,18 +264,15 @@ static int load_pem_key(const char *path, const gnutls_datum_t *data, const sms_
     int r = gnutls_privkey_init(&out->key);
     if (r < 0)
         return SMS_ERR_NOMEM;
-    for (int attempt = 0; attempt < 4; attempt++) {
-        r = gnutls_privkey_import_x509_raw(out->key, data, GNUTLS_X509_FMT_PEM,
-                                           have_pass ? pass : NULL, 0);
+    gnutls_x509_crt_fmt_t fmt =
+        memmem(data->data, data->size, "-----BEGIN", 10) ? GNUTLS_X509_FMT_PEM : GNUTLS_X509_FMT_DER;
+    for (int attempt = 0;; attempt++) {
+        r = gnutls_privkey_import_x509_raw(out->key, data, fmt, have_pass ? pass : NULL, 0);
         if (r >= 0)
             return SMS_OK;
-        if (r == GNUTLS_E_BASE64_DECODING_ERROR || r == GNUTLS_E_BASE64_UNEXPECTED_HEADER_ERROR) {
-            r = gnutls_privkey_import_x509_raw(out->key, data, GNUTLS_X509_FMT_DER,
-                                               have_pass ? pass : NULL, 0);
-            if (r >= 0)
-                return SMS_OK;
-        }
         if (r != GNUTLS_E_DECRYPTION_FAILED && !is_encrypted(data))
+            break;
+        if (attempt == MAX_PROMPTS)
             break;
         int pr = need_pass(path, o, pass, &have_pass, attempt ? "wrong passphrase, try again" : "",
                            err, err_size);
@@ -348,7 +354,7 @@ out:
 static int software_open(const char *spec, const sms_signer_options *o, sms_signer **ret,
                          char *err, size_t err_size)
 {
-    const char *path = strncmp(spec, "file:", 5) == 0 ? spec + 5 : spec;
+    const char *path = strncasecmp(spec, "file:", 5) == 0 ? spec + 5 : spec;
     char pass[PASS_MAX];
     bool have_pass = false;
     loaded l = { 0 };
@@ -365,10 +371,14 @@ static int software_open(const char *spec, const sms_signer_options *o, sms_sign
     r = load_file(path, &data, err, err_size);
     if (r < 0)
         goto out;
-    if (looks_pkcs12(path, &data))
+    if (looks_pkcs12(path, &data)) {
         r = load_pkcs12(path, &data, o, pass, have_pass, &l, err, err_size);
-    else
+        /* A DER file that is not PKCS#12 may still be a DER PKCS#8 key. */
+        if (r == SMS_ERR_BAD_DATA && !has_p12_extension(path))
+            r = load_pem_key(path, &data, o, pass, have_pass, &l, err, err_size);
+    } else {
         r = load_pem_key(path, &data, o, pass, have_pass, &l, err, err_size);
+    }
     if (r < 0)
         goto out;
 
@@ -416,7 +426,13 @@ static int software_open(const char *spec, const sms_signer_options *o, sms_sign
     gnutls_datum_t der[32];
     const uint8_t *ders[32];
     size_t lens[32];
-    unsigned n = l.n_certs < 32 ? l.n_certs : 32;
+    unsigned n = l.n_certs;
+    if (n > 32) {
+        seterr(err, err_size, "%u certificates for '%s': at most 32 are supported", n,
+               o->cert_file ? o->cert_file : path);
+        r = SMS_ERR_LIMIT;
+        goto out;
+    }
     for (unsigned i = 0; i < n; i++) {
         if (gnutls_x509_crt_export2(l.certs[i], GNUTLS_X509_FMT_DER, &der[i]) < 0) {
             for (unsigned j = 0; j < i; j++)

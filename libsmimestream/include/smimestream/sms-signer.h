@@ -66,7 +66,9 @@ typedef struct sms_signer_options {
     size_t struct_size;        /* sizeof(sms_signer_options) of the caller */
     const char *cert_file;     /* PEM certificate chain, leaf first; may be NULL */
     const char *pin_file;      /* file holding the PIN/passphrase; may be NULL */
-    sms_pin_func pin_func;     /* may be NULL */
+    sms_pin_func pin_func;     /* may be NULL; with pin_user_data it must stay
+                                  valid for the signer's lifetime (a token
+                                  may need a PIN again at sign time) */
     void *pin_user_data;
     unsigned flags;            /* reserved, 0 */
 } sms_signer_options;
