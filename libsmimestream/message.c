@@ -265,6 +265,9 @@ static int parse_address(sms_message *m, const char *in, const char *field, addr
         name_len = (size_t)(lt - in);
         while (name_len && (in[name_len - 1] == ' ' || in[name_len - 1] == '\t'))
             name_len--;
+        if (name_len > SMS_MAX_DISPLAY_NAME)
+            return refuse(m, SMS_ERR_BAD_HEADER, "%s display name is longer than %d bytes",
+                          field, SMS_MAX_DISPLAY_NAME);
     } else {
         while (spec_len && spec[spec_len - 1] == ' ')
             spec_len--;
@@ -455,6 +458,10 @@ int sms_message_add_header(sms_message *m, const char *name, const char *value)
 int sms_message_set_date(sms_message *m, time_t when)
 {
     SETUP_GUARD(m);
+    struct tm tm;
+    /* The Date header and the CMS signingTime both need a four-digit year. */
+    if (!gmtime_r(&when, &tm) || tm.tm_year + 1900 < 1 || tm.tm_year + 1900 > 9999)
+        return refuse(m, SMS_ERR_INVALID_ARG, "the date is outside the years 1 to 9999");
     m->date = when;
     m->date_set = true;
     return SMS_OK;
@@ -697,22 +704,24 @@ int sms_message_prepare(sms_message *m)
         return m->error;
     if (m->step != STEP_PREPARE)
         return SMS_OK;
+    /* Checks first: their errors are not sticky, the caller can fix the
+     * setup and try again.  Nothing has been produced yet. */
     if (!m->from.addr)
-        return fail(m, SMS_ERR_INVALID_ARG, "no sender: set a From address");
+        return refuse(m, SMS_ERR_INVALID_ARG, "no sender: set a From address");
     if (m->n_to + m->n_cc == 0)
-        return fail(m, SMS_ERR_INVALID_ARG, "no recipients: add at least one To or Cc address");
+        return refuse(m, SMS_ERR_INVALID_ARG, "no recipients: add at least one To or Cc address");
     if (!m->signer)
-        return fail(m, SMS_ERR_INVALID_ARG, "no signer: a signed message needs a key");
+        return refuse(m, SMS_ERR_INVALID_ARG, "no signer: a signed message needs a key");
 
     int r = sms_signer_scheme(m->signer, (m->flags & SMS_MESSAGE_RSA_PSS) != 0, &m->scheme);
     if (r < 0)
-        return fail(m, r,
+        return refuse(m, r,
                     "the signer certificate's key type is not supported (use RSA, RSA-PSS, "
                     "ECDSA or Ed25519)");
     if (m->scheme == SMS_SIG_ED25519) {
         /* RFC 8419 §3.1: with signed attributes, Ed25519 uses SHA-512. */
         if (m->digest_set && m->digest != SMS_DIGEST_SHA512)
-            return fail(m, SMS_ERR_DIGEST,
+            return refuse(m, SMS_ERR_DIGEST,
                         "Ed25519 signatures use SHA-512 (RFC 8419); drop --digest or use "
                         "--digest sha512");
         m->digest = SMS_DIGEST_SHA512;
@@ -720,13 +729,13 @@ int sms_message_prepare(sms_message *m)
     if (!m->digest_set)
         m->digest = sms__signer_default_digest(m->signer);
     if (sms__digest_is_weak(m->digest) && !(m->flags & SMS_MESSAGE_ALLOW_WEAK_DIGEST))
-        return fail(m, SMS_ERR_DIGEST,
+        return refuse(m, SMS_ERR_DIGEST,
                     "%s is a weak digest and is refused; use sha256 (the default), or allow it "
                     "explicitly with --allow-weak-digest",
                     sms_digest_name(m->digest));
     if (m->scheme == SMS_SIG_RSA_PSS &&
         sms__sign_algorithm(m->scheme, m->digest) == GNUTLS_SIGN_UNKNOWN)
-        return fail(m, SMS_ERR_DIGEST, "RSA-PSS needs sha256, sha384 or sha512, not %s",
+        return refuse(m, SMS_ERR_DIGEST, "RSA-PSS needs sha256, sha384 or sha512, not %s",
                     sms_digest_name(m->digest));
 
     if (!m->date_set)
@@ -764,7 +773,8 @@ static void format_date(time_t t, char *out, size_t size)
     static const char months[][4] = { "Jan", "Feb", "Mar", "Apr", "May", "Jun",
                                       "Jul", "Aug", "Sep", "Oct", "Nov", "Dec" };
     struct tm tm;
-    gmtime_r(&t, &tm);
+    if (!gmtime_r(&t, &tm)) /* cannot happen: set_date checked the range */
+        memset(&tm, 0, sizeof tm);
     snprintf(out, size, "%s, %02d %s %04d %02d:%02d:%02d +0000", days[tm.tm_wday], tm.tm_mday,
              months[tm.tm_mon], tm.tm_year + 1900, tm.tm_hour, tm.tm_min, tm.tm_sec);
 }
@@ -780,7 +790,7 @@ static void emit_address_list(sms_message *m, const char *field, const address *
 
 static int step_headers(sms_message *m)
 {
-    char date[64];
+    char date[128];
     format_date(m->date, date, sizeof date);
     emitf(m, false, "From: %s\r\n", m->from.header);
     emit_address_list(m, "To", m->rcpt, m->n_to);
@@ -1067,6 +1077,11 @@ int sms_message_read(sms_message *m, void *buf, size_t cap, size_t *ret_n)
     sms_return_val_if_fail((buf != NULL && cap > 0) && ret_n != NULL, SMS_ERR_INVALID_ARG);
     if (m->error)
         return m->error;
+    if (m->step == STEP_PREPARE) {
+        int r = sms_message_prepare(m);
+        if (r < 0)
+            return r; /* setup problems stay fixable: see prepare */
+    }
 
     while (m->out_pos == m->out.len) {
         /* Abort wins over everything, even after the last byte was staged:
@@ -1130,13 +1145,26 @@ static sms_phase phase_of(const sms_message *m)
     return SMS_PHASE_FAILED;
 }
 
+static int fill_progress(const sms_message *m, sms_progress *p);
+
 int sms_message_get_progress(const sms_message *m, sms_progress *p)
 {
     sms_return_val_if_fail(m != NULL && p != NULL, SMS_ERR_INVALID_ARG);
-    sms_return_val_if_fail(p->struct_size >= sizeof *p, SMS_ERR_INVALID_ARG);
-    size_t struct_size = p->struct_size;
-    memset(p, 0, sizeof *p);
+    /* Fill only what the caller's struct has room for, so that the struct
+     * can grow without breaking callers built against an older header. */
+    sms_return_val_if_fail(p->struct_size >= offsetof(sms_progress, attachment_index),
+                           SMS_ERR_INVALID_ARG);
+    size_t struct_size = p->struct_size < sizeof(sms_progress) ? p->struct_size : sizeof(sms_progress);
+    sms_progress full;
+    int r = fill_progress(m, &full);
+    memcpy(p, &full, struct_size);
     p->struct_size = struct_size;
+    return r;
+}
+
+static int fill_progress(const sms_message *m, sms_progress *p)
+{
+    memset(p, 0, sizeof *p);
     p->phase = phase_of(m);
     bool in_att = (m->step == STEP_ATTACH_HEADERS || m->step == STEP_ATTACH_DATA) &&
                   m->cur < m->n_att;

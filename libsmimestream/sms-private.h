@@ -25,6 +25,7 @@
 #define SMS_MAX_ATTACHMENTS 1000
 #define SMS_MAX_BODY (16u << 20)     /* the text body is held in memory */
 #define SMS_MAX_FILENAME 1024
+#define SMS_MAX_DISPLAY_NAME 256    /* keeps every address line far below 998 */
 
 /* ---- growable byte buffer (util.c) ----------------------------------- */
 
