@@ -256,6 +256,15 @@ static int tty_prompt(const char *what, const char *hint, char *buf, size_t size
     return r;
 }
 
+static bool have_tty(void)
+{
+    int fd = open("/dev/tty", O_RDWR | O_CLOEXEC | O_NOCTTY);
+    if (fd < 0)
+        return false;
+    close(fd);
+    return true;
+}
+
 /* ---- building the message ---------------------------------------------- */
 
 static int build_message(sms_message **ret_msg)
@@ -343,7 +352,9 @@ static int build_message(sms_message **ret_msg)
         .struct_size = sizeof so,
         .cert_file = O.cert,
         .pin_file = O.pin_file,
-        .pin_func = tty_prompt,
+        /* Without a terminal there is nobody to ask: the plugin then says
+         * how to give the PIN instead. */
+        .pin_func = have_tty() ? tty_prompt : NULL,
     };
     sms_signer *signer = NULL;
     if ((r = sms_signer_open(O.signer, &so, &signer, err, sizeof err)) < 0)
@@ -664,6 +675,12 @@ int main(int argc, char **argv)
     /* Option text (subject, names) is taken in the user's locale and
      * converted to UTF-8 by GOption. */
     setlocale(LC_ALL, "");
+    /* In the plain C locale GOption would refuse any non-ASCII argument;
+     * take arguments as UTF-8 instead, as most of the world's terminals
+     * send them (the same coercion as Python's PEP 538). */
+    const char *charset = NULL;
+    if (!g_get_charset(&charset) && charset && strcmp(charset, "ANSI_X3.4-1968") == 0)
+        setlocale(LC_CTYPE, "C.UTF-8");
     if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {
         fputs(usage_text, argc < 2 ? stderr : stdout);
         return argc < 2 ? EX_USAGE : EX_OK;

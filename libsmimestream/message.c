@@ -236,6 +236,27 @@ static bool addr_spec_valid(const char *a, size_t len)
     return true;
 }
 
+/* The display name without surrounding quotes the caller may have put
+ * there ("Doe, John" <j@example.org>), with backslash escapes undone. */
+static char *unquote_name(const char *in, size_t len)
+{
+    char *out = malloc(len + 1), *o = out;
+    if (!out)
+        return NULL;
+    if (len >= 2 && in[0] == '"' && in[len - 1] == '"') {
+        for (size_t i = 1; i + 1 < len; i++) {
+            if (in[i] == '\\' && i + 2 < len)
+                i++;
+            *o++ = in[i];
+        }
+    } else {
+        memcpy(o, in, len);
+        o += len;
+    }
+    *o = '\0';
+    return out;
+}
+
 /* Parse "addr" or "Display Name <addr>" into header and envelope forms. */
 static int parse_address(sms_message *m, const char *in, const char *field, address *ret)
 {
@@ -283,23 +304,33 @@ static int parse_address(sms_message *m, const char *in, const char *field, addr
     sms__buf h;
     sms__buf_init(&h);
     if (name_len) {
-        char *name = strndup(in, name_len);
+        char *name = unquote_name(in, name_len);
         if (!name)
             return SMS_ERR_NOMEM;
         bool ascii = true;
-        for (size_t i = 0; i < name_len; i++)
-            if ((unsigned char)name[i] >= 0x80 || (unsigned char)name[i] < 0x20)
+        for (const char *c = name; *c; c++)
+            if ((unsigned char)*c >= 0x80 || (unsigned char)*c < 0x20)
                 ascii = false;
+        unsigned col = (unsigned)strlen(field) + 2;
         if (ascii) {
-            /* A quoted-string: safe for any specials in the name. */
+            /* A quoted-string, safe for any specials in the name, folded
+             * before a space when long (FWS is allowed inside it). */
             sms__buf_append(&h, "\"", 1);
-            for (size_t i = 0; i < name_len; i++) {
-                if (name[i] == '"' || name[i] == '\\')
+            col++;
+            for (const char *c = name; *c; c++) {
+                if (*c == ' ' && col >= 70) {
+                    sms__buf_append(&h, "\r\n", 2);
+                    col = 0;
+                }
+                if (*c == '"' || *c == '\\') {
                     sms__buf_append(&h, "\\", 1);
-                sms__buf_append(&h, &name[i], 1);
+                    col++;
+                }
+                sms__buf_append(&h, c, 1);
+                col++;
             }
             sms__buf_append(&h, "\"", 1);
-        } else if (!sms__hdr_encode(name, (unsigned)strlen(field) + 2, &h)) {
+        } else if (!sms__hdr_encode(name, col, &h)) {
             free(name);
             sms__buf_free(&h);
             return refuse(m, SMS_ERR_BAD_HEADER,
@@ -307,7 +338,10 @@ static int parse_address(sms_message *m, const char *in, const char *field, addr
                           field);
         }
         free(name);
-        sms__buf_append(&h, " <", 2);
+        /* Fold before the angle address when the line would pass 76. */
+        const uint8_t *nl = h.len ? memrchr(h.data, '\n', h.len) : NULL;
+        size_t last = nl ? h.len - (size_t)(nl + 1 - h.data) : h.len + strlen(field) + 2;
+        sms__buf_puts(&h, last + spec_len + 4 > 76 ? "\r\n <" : " <");
         sms__buf_append(&h, spec, spec_len);
         sms__buf_append(&h, ">", 1);
     } else {
@@ -718,6 +752,9 @@ int sms_message_prepare(sms_message *m)
         return refuse(m, r,
                     "the signer certificate's key type is not supported (use RSA, RSA-PSS, "
                     "ECDSA or Ed25519)");
+    if ((m->flags & SMS_MESSAGE_RSA_PSS) && m->scheme != SMS_SIG_RSA_PSS)
+        return refuse(m, SMS_ERR_UNSUPPORTED,
+                      "RSA-PSS was asked for, but the signer's key is not an RSA key; drop --pss");
     if (m->scheme == SMS_SIG_ED25519) {
         /* RFC 8419 §3.1: with signed attributes, Ed25519 uses SHA-512. */
         if (m->digest_set && m->digest != SMS_DIGEST_SHA512)
@@ -813,7 +850,7 @@ static int step_headers(sms_message *m)
           "--%s\r\n",
           sms_digest_micalg(m->digest), m->outer, m->outer);
     /* The signed entity starts here. */
-    emitf(m, true, "Content-Type: multipart/mixed; boundary=\"%s\"\r\n\r\n", m->inner);
+    emitf(m, true, "Content-Type: multipart/mixed;\r\n boundary=\"%s\"\r\n\r\n", m->inner);
     m->step = STEP_BODY;
     return SMS_OK;
 }

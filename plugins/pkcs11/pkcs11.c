@@ -1077,7 +1077,7 @@ static int no_pin_error(open_ctx *c, bool prompt_failed)
            "PKCS#11 token '%s' needs a PIN and none was given%s; give it with --pin-file FILE, "
            "or with pin-source=FILE in the URI",
            c->s->tok.label,
-           prompt_failed ? " (there is no terminal to ask on, or the prompt was cancelled)" : "");
+           prompt_failed ? " (the prompt was cancelled)" : " (and there is no terminal to ask on)");
     return SMS_ERR_PIN;
 }
 
