@@ -398,6 +398,7 @@ static int output_open(output *out)
     if (out->fd < 0) {
         int e = errno;
         g_clear_pointer(&out->tmp_path, g_free);
+        g_clear_pointer(&out->final_path, g_free);
         return die(EX_CANTCREAT, "-o %s: cannot create a file there: %s", O.output, g_strerror(e));
     }
     return EX_OK;
