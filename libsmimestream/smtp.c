@@ -43,6 +43,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -137,6 +138,7 @@ struct sms_smtp {
     reply r_greet, r_starttls, r_auth, r_mail, r_data, r_final;
     bool read_started;     /* the server answered DATA with 354 */
     bool upload_done;      /* the read callback returned 0: all data written */
+    bool closing;          /* the send failed: cut libcurl's QUIT exchange short */
     stop_reason stop;
     int msg_error;
     uint64_t bytes;        /* message bytes handed to libcurl */
@@ -304,19 +306,12 @@ int sms_smtp_set_url(sms_smtp *s, const char *url)
     CURLU *u = curl_url();
     if (!u)
         return SMS_ERR_NOMEM;
+    /* The URL is not repeated in these messages: it might hold a password. */
     CURLUcode uc = curl_url_set(u, CURLUPART_URL, url, 0);
     if (uc != CURLUE_OK) {
         fail(s, SMS_ERR_INVALID_ARG,
-             "'%s' is not a valid SMTP URL (%s); use smtp://host[:port] or smtps://host[:port]",
-             url, curl_url_strerror(uc));
-        goto out;
-    }
-    curl_url_get(u, CURLUPART_SCHEME, &scheme, 0);
-    if (!scheme || (strcasecmp(scheme, "smtp") != 0 && strcasecmp(scheme, "smtps") != 0)) {
-        fail(s, SMS_ERR_INVALID_ARG,
-             "'%s' is not an SMTP URL; use smtp://host[:port] (STARTTLS) or "
-             "smtps://host[:port] (TLS from the start)",
-             url);
+             "the SMTP URL is not valid (%s); use smtp://host[:port] or smtps://host[:port]",
+             curl_url_strerror(uc));
         goto out;
     }
     if (curl_url_get(u, CURLUPART_USER, &user, 0) == CURLUE_OK) {
@@ -325,12 +320,20 @@ int sms_smtp_set_url(sms_smtp *s, const char *url)
              "separately (they are never put on a command line)");
         goto out;
     }
+    curl_url_get(u, CURLUPART_SCHEME, &scheme, 0);
+    if (!scheme || (strcasecmp(scheme, "smtp") != 0 && strcasecmp(scheme, "smtps") != 0)) {
+        fail(s, SMS_ERR_INVALID_ARG,
+             "'%s:' is not an SMTP URL scheme; use smtp://host[:port] (STARTTLS) or "
+             "smtps://host[:port] (TLS from the start)",
+             scheme ? scheme : "");
+        goto out;
+    }
     if (curl_url_get(u, CURLUPART_QUERY, &query, 0) == CURLUE_OK) {
         fail(s, SMS_ERR_INVALID_ARG, "the SMTP URL must not have a query ('?...')");
         goto out;
     }
     if (curl_url_get(u, CURLUPART_HOST, &host, 0) != CURLUE_OK || !host || !host[0]) {
-        fail(s, SMS_ERR_INVALID_ARG, "the SMTP URL '%s' names no host", url);
+        fail(s, SMS_ERR_INVALID_ARG, "the SMTP URL names no host");
         goto out;
     }
     bool smtps = strcasecmp(scheme, "smtps") == 0;
@@ -687,8 +690,15 @@ static size_t read_cb(char *buf, size_t size, size_t nitems, void *user_data)
         return CURL_READFUNC_ABORT;
     }
     if (n == 0) {
-        s->upload_done = true;
         set_phase(s, SMS_SMTP_PHASE_WAITING);
+        /* The progress callback may just have aborted: the final dot is not
+         * sent yet, so that still means "nothing delivered". */
+        if (__atomic_load_n(&s->abort_req, __ATOMIC_SEQ_CST)) {
+            s->phase = SMS_SMTP_PHASE_STREAMING;
+            s->stop = STOP_ABORT;
+            return CURL_READFUNC_ABORT;
+        }
+        s->upload_done = true;
         return 0;
     }
     s->bytes += n;
@@ -708,6 +718,8 @@ static int xferinfo_cb(void *user_data, curl_off_t dltotal, curl_off_t dlnow,
 {
     sms_smtp *s = user_data;
     (void)dltotal, (void)dlnow, (void)ultotal;
+    if (s->closing)
+        return 1;
     if (__atomic_load_n(&s->abort_req, __ATOMIC_SEQ_CST)) {
         if (!s->stop)
             s->stop = STOP_ABORT;
@@ -746,6 +758,7 @@ static void reset_send_state(sms_smtp *s)
     s->r_starttls = s->r_auth = s->r_mail = s->r_data = s->r_final = s->r_greet;
     s->read_started = false;
     s->upload_done = false;
+    s->closing = false;
     s->stop = STOP_NONE;
     s->msg_error = 0;
     s->bytes = 0;
@@ -754,6 +767,25 @@ static void reset_send_state(sms_smtp *s)
     s->last_reply[0] = '\0';
     s->errmsg[0] = '\0';
     s->curl_err[0] = '\0';
+}
+
+/* After some failures (a timeout, an abort from the progress callback)
+ * libcurl keeps the connection "intact", and curl_easy_cleanup() then sends
+ * QUIT and waits for the reply, up to the response timeout, from a server
+ * that may be stuck.  The closing flag makes the progress callback cut that
+ * wait (it runs about once a second); when the server did not answer or
+ * the user aborted, the socket libcurl still holds is shut down first, so
+ * that nothing waits at all. */
+static void drop_connection(sms_smtp *s, CURL *c, CURLcode rc)
+{
+    s->closing = true;
+    if (rc != CURLE_OPERATION_TIMEDOUT && s->stop != STOP_ABORT && s->stop != STOP_STALLED)
+        return;
+    curl_socket_t fd = CURL_SOCKET_BAD;
+    /* Only a connection still in libcurl's cache is returned: a live socket
+     * that libcurl owns, never a stale descriptor number. */
+    if (curl_easy_getinfo(c, CURLINFO_ACTIVESOCKET, &fd) == CURLE_OK && fd != CURL_SOCKET_BAD)
+        shutdown(fd, SHUT_RDWR);
 }
 
 static int add_rcpt(sms_smtp *s, const char *addr, struct curl_slist **list)
@@ -885,23 +917,36 @@ static const char *curl_detail(const sms_smtp *s, CURLcode rc)
     return s->curl_err[0] ? s->curl_err : curl_easy_strerror(rc);
 }
 
-static void list_refused(const sms_smtp *s, sms__buf *b, size_t *ret_n, bool *ret_permanent)
+/* RFC 3463 enhanced status "5.7.1" at the start of a reply text: class 7
+ * is security or policy (relaying denied, authentication needed). */
+static bool is_policy_refusal(const char *text)
+{
+    return (text[0] == '4' || text[0] == '5') && text[1] == '.' && text[2] == '7' &&
+           text[3] == '.';
+}
+
+static void list_refused(const sms_smtp *s, sms__buf *b, size_t *ret_n, bool *ret_permanent,
+                         bool *ret_policy)
 {
     size_t n = 0;
-    bool permanent = false;
+    bool permanent = false, policy = false;
     for (size_t i = 0; i < s->n_rcpt; i++) {
         const rcpt *r = &s->rcpt[i];
         if (r->status != SMS_RCPT_REFUSED)
             continue;
+        const char *text = r->text ? r->text : "";
         sms__buf_printf(b, "%s<%s> (%d%s%s)", n ? ", " : "", r->addr, r->code,
-                        r->text[0] ? " " : "", r->text);
+                        text[0] ? " " : "", text);
         if (r->code >= 500)
             permanent = true;
+        if (is_policy_refusal(text))
+            policy = true;
         n++;
     }
     sms__buf_append(b, "", 1);
     *ret_n = n;
     *ret_permanent = permanent;
+    *ret_policy = policy;
 }
 
 static int fail_recipients(sms_smtp *s, bool nothing_accepted)
@@ -909,14 +954,19 @@ static int fail_recipients(sms_smtp *s, bool nothing_accepted)
     sms__buf b;
     sms__buf_init(&b);
     size_t n;
-    bool permanent;
-    list_refused(s, &b, &n, &permanent);
+    bool permanent, policy;
+    list_refused(s, &b, &n, &permanent, &policy);
     const char *list = b.failed ? "(out of memory)" : (const char *)b.data;
     int err = permanent ? SMS_ERR_SMTP_REFUSED : SMS_ERR_SMTP_TEMPFAIL;
     if (nothing_accepted)
         fail(s, err, "the server %s every recipient: %s; nothing was sent; %s",
              permanent ? "refused" : "temporarily refused", list,
-             permanent ? "check the addresses" : "try again later");
+             !permanent ? "try again later"
+             : policy   ? (s->user ? "the server's policy does not let this account send to "
+                                     "them"
+                                   : "the server's policy refused them: it may want "
+                                     "authentication (a user name and password)")
+                        : "check the addresses");
     else
         fail(s, err,
              "the server refused %zu of %zu recipients: %s; nothing was sent, to nobody "
@@ -1005,6 +1055,9 @@ static int classify(sms_smtp *s, CURLcode rc)
     case STOP_RECIPIENTS:
         return fail_recipients(s, false);
     case STOP_ABORT:
+        /* After the read callback returned 0, libcurl writes the final dot
+         * and waits; we cannot see whether the dot went out before the
+         * abort was noticed. */
         if (s->upload_done)
             return fail(s, SMS_ERR_SMTP_UNKNOWN,
                         "aborted while waiting for the server's reply to the end of the "
@@ -1051,14 +1104,17 @@ static int classify(sms_smtp *s, CURLcode rc)
                         "the connection to %s was lost before the end of the message could be "
                         "sent (%s); the server delivers nothing; try again later",
                         s->where, d);
+        /* libcurl's own words here are unhelpful ("response reading failed
+         * (errno: 115)" for a plain close). */
         return fail(s, SMS_ERR_SMTP_UNKNOWN,
                     "the whole message was sent to %s, but %s before the server confirmed it "
-                    "(%s; last reply: \"%s\"): it was possibly delivered; check with the "
+                    "(last reply: \"%s\"): it was possibly delivered; check with the "
                     "recipients or the server's log before sending it again",
                     s->where,
                     rc == CURLE_OPERATION_TIMEDOUT ? "no reply came in time"
-                                                   : "the connection was lost",
-                    d, s->last_reply);
+                    : strstr(d, "reset")           ? "the connection was reset"
+                                                   : "the server closed the connection",
+                    s->last_reply);
     }
     if (s->read_started) {
         char sent[32];
@@ -1121,10 +1177,10 @@ static int classify(sms_smtp *s, CURLcode rc)
 static void note_success(sms_smtp *s)
 {
     size_t n_refused;
-    bool permanent;
+    bool permanent, policy;
     sms__buf b;
     sms__buf_init(&b);
-    list_refused(s, &b, &n_refused, &permanent);
+    list_refused(s, &b, &n_refused, &permanent, &policy);
     if (n_refused)
         set_err(s, "delivered to %zu of %zu recipients; refused: %s", s->n_rcpt - n_refused,
                 s->n_rcpt, b.failed ? "(out of memory)" : (const char *)b.data);
@@ -1172,6 +1228,14 @@ int sms_smtp_send(sms_smtp *s, sms_message *msg)
         fail(s, r, "the message cannot be sent: %s", sms_message_last_error(msg));
         goto out;
     }
+    sms_progress p = { .struct_size = sizeof p };
+    if (sms_message_get_progress(msg, &p) == SMS_OK && p.output_bytes > 0) {
+        r = fail(s, SMS_ERR_STATE,
+                 "the message has already been read from (%llu bytes); a message can be sent "
+                 "only once, from its start",
+                 (unsigned long long)p.output_bytes);
+        goto out;
+    }
     size_t fl = strlen(sms_message_get_sender(msg));
     from = malloc(fl + 3);
     if (!from) {
@@ -1201,8 +1265,8 @@ int sms_smtp_send(sms_smtp *s, sms_message *msg)
         set_phase(s, SMS_SMTP_PHASE_CONNECTING);
         CURLcode rc = curl_easy_perform(c);
         /* The server's 2xx to the final dot is what counts: a later hiccup
-         * (QUIT) does not undo the delivery. */
-        if (s->upload_done && s->r_final.code / 100 == 2 && !s->stop) {
+         * (QUIT, an abort that came too late) does not undo the delivery. */
+        if (s->upload_done && s->r_final.code / 100 == 2) {
             r = SMS_OK;
             note_success(s);
             set_phase(s, SMS_SMTP_PHASE_DONE);
@@ -1216,20 +1280,23 @@ int sms_smtp_send(sms_smtp *s, sms_message *msg)
         } else {
             r = classify(s, rc);
         }
+        if (r < 0)
+            drop_connection(s, c, rc);
     }
     /* Once the message has been read from, it cannot be sent again: leave it
      * failed rather than half-read.  Before that (a failure in the envelope)
      * it is untouched and may be sent again, e.g. to another server. */
     if (r < 0 && s->read_started)
         sms_message_abort(msg);
+
+out:
     /* Unpublish the message, then wait for an sms_smtp_abort() that may be
-     * looking at it (from another thread) to finish. */
+     * looking at it (from another thread) to finish.  The abort request is
+     * used up by this send. */
     __atomic_store_n(&s->active, NULL, __ATOMIC_SEQ_CST);
     while (__atomic_load_n(&s->abort_busy, __ATOMIC_SEQ_CST))
         sched_yield();
     __atomic_store_n(&s->abort_req, 0, __ATOMIC_SEQ_CST);
-
-out:
     if (c)
         curl_easy_cleanup(c);
     curl_slist_free_all(rcpts);
@@ -1238,6 +1305,7 @@ out:
         set_err(s, "%s", sms_strerror(r));
     if (r == SMS_ERR_NOMEM && !s->errmsg[0])
         set_err(s, "out of memory");
+    s->msg = NULL; /* the caller may free it now */
     __atomic_store_n(&s->sending, 0, __ATOMIC_SEQ_CST);
     return r;
 }

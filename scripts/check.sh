@@ -42,7 +42,7 @@ build() {
     if [ ! -d "$dir" ]; then
         meson setup "$dir" -Dwerror=true "$@" >/dev/null || return 1
     fi
-    meson compile -C "$dir" >/dev/null 2>"$dir.log" || { cat "$dir.log" >&2; return 1; }
+    meson compile -C "$dir" >"$dir/compile.log" 2>&1 || { cat "$dir/compile.log" >&2; return 1; }
 }
 
 if build build; then
