@@ -511,7 +511,7 @@ static void on_smtp_progress(sms_smtp_phase phase, const sms_message *m, void *u
         [SMS_SMTP_PHASE_WAITING] = "waiting for the server",
         [SMS_SMTP_PHASE_DONE] = "done",
     };
-    if (!send_pl)
+    if (!send_pl || phase == SMS_SMTP_PHASE_DONE) /* the final line comes after */
         return;
     sms_progress_line_set_phase(send_pl, (unsigned)phase < G_N_ELEMENTS(names) ? names[phase] : NULL);
     sms_progress_line_update(send_pl, m, false);
