@@ -44,7 +44,7 @@ static void fmt_bytes(double n, char *out, size_t size)
     snprintf(out, size, u ? "%.1f %s" : "%.0f %s", n, units[u]);
 }
 
-static const char *phase_name(const sms_progress *p)
+static const char *phase_name(const sms_progress *p, bool partial)
 {
     switch (p->phase) {
     case SMS_PHASE_SETUP: return "starting";
@@ -53,7 +53,7 @@ static const char *phase_name(const sms_progress *p)
     case SMS_PHASE_ATTACHMENT: return "streaming";
     case SMS_PHASE_SIGNING: return "signing";
     case SMS_PHASE_TRAILER: return "writing signature";
-    case SMS_PHASE_DONE: return p->cancelled ? "done (partial)" : "done";
+    case SMS_PHASE_DONE: return partial ? "done (partial)" : "done";
     case SMS_PHASE_FAILED: return "failed";
     }
     return "";
@@ -78,7 +78,7 @@ void sms_progress_line_update(sms_progress_line *pl, const sms_message *m, bool 
     fmt_bytes(secs > 0 ? p.source_bytes / secs : 0, rate, sizeof rate);
 
     GString *s = g_string_new(NULL);
-    g_string_append_printf(s, "%s: %s", pl->label, pl->phase ? pl->phase : phase_name(&p));
+    g_string_append_printf(s, "%s: %s", pl->label, pl->phase ? pl->phase : phase_name(&p, sms_message_is_partial(m)));
     if (p.attachment_index >= 0)
         g_string_append_printf(s, " attachment %d/%zu", p.attachment_index + 1,
                                p.attachment_count);

@@ -26,6 +26,9 @@
 #include <smimestream/smimestream.h>
 
 #include "progress.h"
+#ifdef SMS_WITH_SUBMIT
+#include "submit.h"
+#endif
 
 /* ---- options ----------------------------------------------------------- */
 
@@ -172,6 +175,7 @@ static int die_msg(sms_message *m, int r, const char *what)
 static sms_message *volatile sig_msg;
 static sms_smtp *volatile sig_smtp;
 static volatile sig_atomic_t sig_count;
+static volatile sig_atomic_t sig_abort;  /* an abort-class signal came */
 
 /* First SIGINT: cancel (the partial message is still signed and sent).
  * A second SIGINT, SIGTERM or SIGHUP: abort (nothing is delivered). */
@@ -184,6 +188,7 @@ static void on_sigint(int sig)
             sms_message_cancel(m);
         return;
     }
+    sig_abort = 1;
     if (m)
         sms_message_abort(m);
     if (t)
@@ -408,7 +413,8 @@ static int output_write(output *out, const char *p, size_t n)
 {
     while (n) {
         ssize_t w = write(out->fd, p, n);
-        if (w < 0 && errno == EINTR)
+        /* A reader that stopped reading must not make us deaf to abort. */
+        if (w < 0 && errno == EINTR && !sig_abort)
             continue;
         if (w < 0)
             return -errno;
@@ -443,6 +449,9 @@ static int output_finish(output *out, bool ok)
 static int run_sign(void)
 {
     sms_message *m = NULL;
+    /* Before any prompt: Ctrl-C at a passphrase prompt must end the prompt
+     * (and restore the terminal), not kill us with echo off. */
+    install_signals();
     int code = build_message(&m);
     if (code != EX_OK) {
         sms_message_free(m);
@@ -455,7 +464,8 @@ static int run_sign(void)
     }
 
     sig_msg = m;
-    install_signals();
+    if (sig_abort)
+        sms_message_abort(m);
     sms_progress_line *pl = O.progress ? sms_progress_line_new("sign") : NULL;
 
     static char buf[256 * 1024];
@@ -540,7 +550,7 @@ static int setup_smtp(sms_smtp *t)
 {
     int r;
     if ((r = sms_smtp_set_url(t, O.smtp)) < 0)
-        return die(sms_error_exit_code(r), "--smtp %s: %s", O.smtp, sms_smtp_last_error(t));
+        return die(sms_error_exit_code(r), "--smtp: %s", sms_smtp_last_error(t)); /* no URL: it may hold a password */
     if (O.user) {
         char pass[1024];
         char err[512] = "";
@@ -585,6 +595,7 @@ static int run_send(void)
     sms_smtp *t = sms_smtp_new();
     if (!t)
         return die(sms_error_exit_code(SMS_ERR_NOMEM), "out of memory");
+    install_signals(); /* before any prompt; see run_sign */
     int code = setup_smtp(t);
     sms_message *m = NULL;
     if (code == EX_OK)
@@ -598,7 +609,10 @@ static int run_send(void)
     sms_smtp_set_progress(t, on_smtp_progress, NULL);
     sig_msg = m;
     sig_smtp = t;
-    install_signals();
+    if (sig_abort) {
+        sms_message_abort(m);
+        sms_smtp_abort(t);
+    }
 
     int r = sms_smtp_send(t, m);
 
@@ -630,6 +644,72 @@ static int run_send(void)
     sms_smtp_free(t);
     return code;
 }
+
+/* ---- submit ------------------------------------------------------------- */
+
+#ifdef SMS_WITH_SUBMIT
+static int run_submit(void)
+{
+    /* What the agent's configuration decides, not the caller. */
+    if (O.cert)
+        return die(EX_USAGE, "--cert is not taken by 'submit': name the signer (with its cert=) "
+                             "in the agent's configuration, see smimestream-agent(8)");
+    if (O.user || O.password_file || O.cacert || O.starttls || O.timeout)
+        return die(EX_USAGE, "server credentials and TLS settings are not taken by 'submit': put "
+                             "them in an [smtp:NAME] profile of the agent and give --smtp NAME");
+    if (O.output || O.buffer_size)
+        return die(EX_USAGE, "-o and --buffer-size are not taken by 'submit'");
+    if (!O.from)
+        return die(EX_USAGE, "no sender: give --from ADDR");
+    if (!O.to && !O.cc)
+        return die(EX_USAGE, "no recipients: give at least one --to ADDR or --cc ADDR");
+    if (O.body && O.body_file)
+        return die(EX_USAGE, "give either --body or --body-file, not both");
+    for (char **p = O.headers; p && *p; p++)
+        if (!strchr(*p, ':'))
+            return die(EX_USAGE, "--header '%s': expected 'Name: value'", *p);
+    g_autofree char *body = NULL;
+    if (O.body_file) {
+        g_autoptr(GError) e = NULL;
+        if (!g_file_get_contents(O.body_file, &body, NULL, &e))
+            return die(EX_NOINPUT, "--body-file: %s", e->message);
+    }
+    sms_submit_attach *att = g_new0(sms_submit_attach, O.attach->len ? O.attach->len : 1);
+    for (guint i = 0; i < O.attach->len; i++) {
+        attach_opt *a = &g_array_index(O.attach, attach_opt, i);
+        att[i] = (sms_submit_attach){ a->path, a->name, a->type };
+    }
+    sms_submit_request req = {
+        .from = O.from, .to = O.to, .cc = O.cc, .bcc = O.bcc,
+        .subject = O.subject, .body = body ? body : O.body, .headers = O.headers,
+        .attach = att, .n_attach = O.attach->len,
+        .signer = O.signer, .digest = O.digest, .smtp = O.smtp,
+        .pss = O.pss, .allow_partial_recipients = O.allow_partial_rcpt, .progress = O.progress,
+        .pin_file = O.pin_file, .pin_func = have_tty() ? tty_prompt : NULL,
+    };
+    int code = sms_cli_submit(&req);
+    g_free(att);
+    return code;
+}
+#else
+/* `smimestream submit` lives in its own executable, so that sign and send
+ * never load libdbus: run it with the same arguments. */
+static int exec_submit(char **argv)
+{
+    char self[4096];
+    ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
+    if (n > 0) {
+        self[n] = '\0';
+        g_autofree char *dir = g_path_get_dirname(self);
+        g_autofree char *sibling = g_build_filename(dir, "smimestream-submit", NULL);
+        if (access(sibling, X_OK) == 0)
+            execv(sibling, argv);
+    }
+    execv(SMS_LIBEXECDIR "/smimestream-submit", argv);
+    return die(EX_UNAVAILABLE, "cannot run %s/smimestream-submit: %s", SMS_LIBEXECDIR,
+               g_strerror(errno));
+}
+#endif
 
 /* ---- main -------------------------------------------------------------- */
 
@@ -668,6 +748,7 @@ static const char usage_text[] =
     "Commands:\n"
     "  sign     write a signed S/MIME message to -o FILE or standard output\n"
     "  send     sign and send it to a mail server (--smtp URL) in the same pass\n"
+    "  submit   have a running smimestream-agent sign and send it (over D-Bus)\n"
     "\n"
     "Run 'smimestream sign --help' for the options; see smimestream(1).\n";
 
@@ -692,14 +773,21 @@ int main(int argc, char **argv)
     }
     const char *cmd = argv[1];
     bool send = strcmp(cmd, "send") == 0;
-    if (!send && strcmp(cmd, "sign") != 0) {
+    bool submit = strcmp(cmd, "submit") == 0;
+#ifndef SMS_WITH_SUBMIT
+    if (submit)
+        return exec_submit(argv);
+#endif
+    if (!send && !submit && strcmp(cmd, "sign") != 0) {
         fprintf(stderr, "%s: unknown command '%s'\n\n%s", prog, cmd, usage_text);
         return EX_USAGE;
     }
 
     O.attach = g_array_new(FALSE, TRUE, sizeof(attach_opt));
     g_autoptr(GOptionContext) ctx = g_option_context_new(
-        send ? "- sign and send an S/MIME message in one pass" : "- sign an S/MIME message in one pass");
+        send     ? "- sign and send an S/MIME message in one pass"
+        : submit ? "- have smimestream-agent sign and send an S/MIME message"
+                 : "- sign an S/MIME message in one pass");
     GOptionGroup *g;
     g = g_option_group_new("message", "Message options:", "Show message options", NULL, NULL);
     g_option_group_add_entries(g, message_entries);
@@ -707,7 +795,7 @@ int main(int argc, char **argv)
     g = g_option_group_new("signing", "Signing options:", "Show signing options", NULL, NULL);
     g_option_group_add_entries(g, signing_entries);
     g_option_context_add_group(ctx, g);
-    if (send) {
+    if (send || submit) {
         g = g_option_group_new("transport", "Transport options:", "Show transport options", NULL, NULL);
         g_option_group_add_entries(g, transport_entries);
         g_option_context_add_group(ctx, g);
@@ -734,7 +822,11 @@ int main(int argc, char **argv)
         free_opts();
         return code;
     }
+#ifdef SMS_WITH_SUBMIT
+    int code = submit ? run_submit() : send ? run_send() : run_sign();
+#else
     int code = send ? run_send() : run_sign();
+#endif
     free_opts();
     return code;
 }

@@ -405,7 +405,7 @@ static bool hdr_is_plain(const uint8_t *v, size_t n)
 /* Write plain text, folding before a run of spaces where a line would
  * otherwise pass 76 columns.  Folding only inserts CRLF, so unfolding
  * gives back the value exactly.  Returns false, having written nothing,
- * if some word is too long to fit. */
+ * if some word does not fit even in 998 columns. */
 static bool hdr_write_plain(const uint8_t *v, size_t n, unsigned start_col, sms__buf *out)
 {
     size_t mark = out->len;
@@ -424,7 +424,10 @@ static bool hdr_write_plain(const uint8_t *v, size_t n, unsigned start_col, sms_
             sms__buf_append(out, "\r\n", 2);
             col = 0;
         }
-        if (col + seg > SMS_LINE_MAX) {
+        /* A word longer than a line (a msg-id, a URL) stays whole: encoded
+         * words are not allowed inside those (RFC 2047 section 5), and 998
+         * is the hard limit (RFC 5322 section 2.1.1). */
+        if (col + seg > 998) {
             out->len = mark;
             return false;
         }

@@ -51,7 +51,6 @@ typedef struct attachment {
     char *filename;
     char *content_type;
     uint64_t bytes;     /* read so far */
-    bool done;          /* EOF reached */
 } attachment;
 
 typedef enum {
@@ -309,7 +308,7 @@ static int parse_address(sms_message *m, const char *in, const char *field, addr
             return SMS_ERR_NOMEM;
         bool ascii = true;
         for (const char *c = name; *c; c++)
-            if ((unsigned char)*c >= 0x80 || (unsigned char)*c < 0x20)
+            if ((unsigned char)*c >= 0x7f || (unsigned char)*c < 0x20)
                 ascii = false;
         unsigned col = (unsigned)strlen(field) + 2;
         if (ascii) {
@@ -717,18 +716,20 @@ static void emitf(sms_message *m, bool sign, const char *fmt, ...)
 
 /* ---- preparing --------------------------------------------------------- */
 
-static void random_hex(char *out, size_t n_bytes)
+static bool random_hex(char *out, size_t n_bytes)
 {
     uint8_t raw[32];
     static const char hex[] = "0123456789abcdef";
     if (n_bytes > sizeof raw)
         n_bytes = sizeof raw;
-    gnutls_rnd(GNUTLS_RND_NONCE, raw, n_bytes);
+    if (gnutls_rnd(GNUTLS_RND_NONCE, raw, n_bytes) < 0)
+        return false;
     for (size_t i = 0; i < n_bytes; i++) {
         out[2 * i] = hex[raw[i] >> 4];
         out[2 * i + 1] = hex[raw[i] & 15];
     }
     out[2 * n_bytes] = '\0';
+    return true;
 }
 
 int sms_message_prepare(sms_message *m)
@@ -777,9 +778,11 @@ int sms_message_prepare(sms_message *m)
 
     if (!m->date_set)
         m->date = time(NULL);
+    /* Boundaries must be unpredictable and distinct: no random, no message. */
+    char rnd[33], outer_rnd[33], inner_rnd[33];
+    if (!random_hex(rnd, 16) || !random_hex(outer_rnd, 16) || !random_hex(inner_rnd, 16))
+        return fail(m, SMS_ERR_CRYPTO, "the random number generator failed");
     if (!m->message_id) {
-        char rnd[33];
-        random_hex(rnd, 16);
         const char *dom = strchr(m->from.addr, '@') + 1;
         size_t len = strlen(rnd) + strlen(dom) + 16;
         m->message_id = malloc(len);
@@ -787,11 +790,8 @@ int sms_message_prepare(sms_message *m)
             return fail(m, SMS_ERR_NOMEM, "out of memory");
         snprintf(m->message_id, len, "%s.sms@%s", rnd, dom);
     }
-    char rnd[33];
-    random_hex(rnd, 16);
-    snprintf(m->outer, sizeof m->outer, "=_sms_%s", rnd);
-    random_hex(rnd, 16);
-    snprintf(m->inner, sizeof m->inner, "=_sms_%s", rnd);
+    snprintf(m->outer, sizeof m->outer, "=_sms_%s", outer_rnd);
+    snprintf(m->inner, sizeof m->inner, "=_sms_%s", inner_rnd);
 
     m->chunk = malloc(m->chunk_size);
     if (!m->chunk || !sms__buf_reserve(&m->out, sms__b64_bound(m->chunk_size) + 8192))
@@ -931,15 +931,20 @@ static void finish_attachment(sms_message *m)
     m->out.len += n;
 }
 
+/* A cancel: close the attachment here and go on to the notice. */
+static int cut_attachment(sms_message *m)
+{
+    finish_attachment(m);
+    m->partial = true;
+    m->step = STEP_NOTICE;
+    return SMS_OK;
+}
+
 static int step_attach_data(sms_message *m)
 {
     attachment *a = &m->att[m->cur];
-    if (__atomic_load_n(&m->cancel_req, __ATOMIC_ACQUIRE)) {
-        finish_attachment(m);
-        m->partial = true;
-        m->step = STEP_NOTICE;
-        return SMS_OK;
-    }
+    if (__atomic_load_n(&m->cancel_req, __ATOMIC_ACQUIRE))
+        return cut_attachment(m);
     size_t n = 0;
     char err[256] = "";
     int r = sms__source_read(a->src, m->chunk, m->chunk_size, &n, err, sizeof err);
@@ -952,13 +957,9 @@ static int step_attach_data(sms_message *m)
         /* Ctrl-C in a shell also stops the program feeding the pipe, so its
          * end-of-file may arrive before we see the cancel: the attachment is
          * cut short either way, and says so. */
-        finish_attachment(m);
-        m->partial = true;
-        m->step = STEP_NOTICE;
-        return SMS_OK;
+        return cut_attachment(m);
     }
     if (n == 0) {
-        a->done = true;
         finish_attachment(m);
         m->cur++;
         m->step = m->cur < m->n_att ? STEP_ATTACH_HEADERS : STEP_CLOSE_INNER;

@@ -174,8 +174,9 @@ int sms_signer_open(const char *spec, const sms_signer_options *options, sms_sig
     r = desc->open(spec, options, &signer, err, err_size);
     if (r < 0 || !signer) {
         if (err && err_size && !err[0])
-            sms__set_err(err, err_size, "signer plugin '%s' could not open '%s': %s", desc->name,
-                         spec, sms_strerror(r < 0 ? r : SMS_ERR_SIGNER));
+            /* Not the spec itself: a pkcs11: URI may carry pin-value=. */
+            sms__set_err(err, err_size, "signer plugin '%s' could not open the '%s:' signer: %s",
+                         desc->name, scheme, sms_strerror(r < 0 ? r : SMS_ERR_SIGNER));
         dlclose(handle);
         return r < 0 ? r : SMS_ERR_SIGNER;
     }

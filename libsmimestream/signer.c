@@ -186,11 +186,6 @@ sms_digest sms__signer_default_digest(const sms_signer *signer)
     return SMS_DIGEST_SHA256;
 }
 
-gnutls_pubkey_t sms__signer_pubkey(const sms_signer *signer)
-{
-    return signer->pubkey;
-}
-
 gnutls_sign_algorithm_t sms__sign_algorithm(sms_sig_scheme scheme, sms_digest d)
 {
     switch (scheme) {

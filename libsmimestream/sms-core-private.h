@@ -19,10 +19,9 @@ SMS_HIDDEN bool sms__digest_is_weak(sms_digest d);
 SMS_HIDDEN int sms__source_read(sms_source *src, void *buf, size_t cap, size_t *ret_n, char *err,
                                 size_t err_size);
 
-/* signer.c: the leaf certificate's public key, for checking signatures. */
+/* signer.c */
 /* The digest that suits the key when the caller did not choose one. */
 SMS_HIDDEN sms_digest sms__signer_default_digest(const sms_signer *signer);
-SMS_HIDDEN gnutls_pubkey_t sms__signer_pubkey(const sms_signer *signer);
 /* The signer keeps the plugin module loaded until it is freed. */
 SMS_HIDDEN void sms__signer_set_module(sms_signer *signer, void *dl_handle);
 SMS_HIDDEN gnutls_sign_algorithm_t sms__sign_algorithm(sms_sig_scheme scheme, sms_digest d);

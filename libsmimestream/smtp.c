@@ -943,9 +943,8 @@ static int configure(sms_smtp *s, CURL *c, const char *from, struct curl_slist *
     SETOPT(c, CURLOPT_TCP_KEEPALIVE, 1L);
     SETOPT(c, CURLOPT_CONNECTTIMEOUT, s->connect_timeout);
     SETOPT(c, CURLOPT_SERVER_RESPONSE_TIMEOUT, s->response_timeout);
-    /* A server that takes nothing for response_timeout seconds is stalled. */
-    SETOPT(c, CURLOPT_LOW_SPEED_LIMIT, 1L);
-    SETOPT(c, CURLOPT_LOW_SPEED_TIME, s->response_timeout);
+    /* No CURLOPT_LOW_SPEED_*: libcurl would count time spent waiting for a
+     * slow attachment source as a stall.  xferinfo_cb detects real stalls. */
 
     if (need_tls(s) && !s->smtps)
         SETOPT(c, CURLOPT_USE_SSL, (long)CURLUSESSL_ALL);

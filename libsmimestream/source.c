@@ -22,12 +22,16 @@ struct sms_source {
     sms_destroy_func destroy;
 };
 
+/* What is left to read of a regular file (it may not be at offset 0). */
 static int64_t fd_size(int fd)
 {
     struct stat st;
-    if (fstat(fd, &st) == 0 && S_ISREG(st.st_mode))
-        return (int64_t)st.st_size;
-    return -1;
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode))
+        return -1;
+    off_t pos = lseek(fd, 0, SEEK_CUR);
+    if (pos < 0 || pos > st.st_size)
+        pos = 0;
+    return (int64_t)(st.st_size - pos);
 }
 
 static sms_source *source_alloc(void)
@@ -74,7 +78,12 @@ int sms_source_new_path(const char *path, sms_source **ret_source, char *err, si
                                                                         : SMS_ERR_IO;
     }
     struct stat st;
-    if (fstat(fd, &st) == 0 && S_ISDIR(st.st_mode)) {
+    if (fstat(fd, &st) != 0) {
+        sms__set_err(err, err_size, "cannot examine attachment '%s': %s", path, strerror(errno));
+        close(fd);
+        return SMS_ERR_IO;
+    }
+    if (S_ISDIR(st.st_mode)) {
         sms__set_err(err, err_size, "attachment '%s' is a directory, not a file", path);
         close(fd);
         return SMS_ERR_NOINPUT;
@@ -173,8 +182,14 @@ int sms__source_read(sms_source *src, void *buf, size_t cap, size_t *ret_n, char
             }
         }
         n = read(src->fd, buf, cap);
-        if (n < 0 && src->fifo && (errno == EAGAIN || errno == EWOULDBLOCK))
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            /* A descriptor someone made non-blocking (a shell's stdin,
+             * say): wait for data like a blocking read would. */
+            struct pollfd pfd = { .fd = src->fd, .events = POLLIN };
+            if (poll(&pfd, 1, -1) < 0 && errno == EINTR)
+                return SMS__INTERRUPTED;
             continue;
+        }
         break;
     }
     if (n < 0) {

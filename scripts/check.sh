@@ -39,7 +39,10 @@ run_suite() {
 
 build() {
     local dir=$1; shift
-    if [ ! -d "$dir" ]; then
+    if [ -d "$dir" ]; then
+        # Re-apply the options: a build dir made by demo.sh lacks -Werror.
+        meson setup --reconfigure "$dir" -Dwerror=true "$@" >/dev/null || return 1
+    else
         meson setup "$dir" -Dwerror=true "$@" >/dev/null || return 1
     fi
     meson compile -C "$dir" >"$dir/compile.log" 2>&1 || { cat "$dir/compile.log" >&2; return 1; }

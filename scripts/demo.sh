@@ -55,16 +55,21 @@ port=$(cat "$work/port")
 echo "   smtp://127.0.0.1:$port"
 
 echo "== sending a signed message with a ${mib} MiB attachment streamed from a pipe"
-# The "scanner": a pipe that can be read only once.  tee keeps a checksum
-# of what was sent so that we can compare it with what arrived.
+# The "scanner": a pipe that can be read only once.  tee feeds a checksum
+# of what was sent (through a FIFO we can wait for) to compare with what
+# arrived.
+mkfifo "$work/sent.fifo"
+sha256sum < "$work/sent.fifo" > "$work/sent.sha256" &
+sum_pid=$!
 start=$(date +%s.%N)
-head -c $((mib * 1024 * 1024)) /dev/urandom | tee >(sha256sum > "$work/sent.sha256") | \
+head -c $((mib * 1024 * 1024)) /dev/urandom | tee "$work/sent.fifo" | \
     "$sms" send --smtp "smtp://127.0.0.1:$port" \
         --from "Scanner <scanner@example.org>" --to alice@example.org \
         --subject "Scan $(date +%F)" --body "The scan you asked for is attached." \
         --attach - --attach-name scan.pnm --attach-type image/x-portable-anymap \
         --signer "$uri" --cert "$work/pki/p256-chain.pem" --pin-file "$work/pin" --progress
 end=$(date +%s.%N)
+wait "$sum_pid"
 stored=$(ls "$work"/store/*.eml)
 python3 - "$start" "$end" "$mib" "$(stat -c %s "$stored")" <<'PY'
 import sys

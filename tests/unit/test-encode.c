@@ -752,9 +752,19 @@ static void test_hdr_ascii(void)
     check_hdr_roundtrip(longv, 9, FALSE);
     check_hdr_roundtrip("   leading spaces", 9, FALSE);
 
-    /* A word too long to fold, and text that would be mistaken for an
-     * encoded-word, are encoded. */
+    /* A word longer than a line (a msg-id, a URL) stays plain on a long
+     * line: encoded-words are not allowed inside those (RFC 2047 §5). */
     char *x = repeat('x', 100);
+    enc = hdr_encode(x, 9);
+    g_assert_cmpstr(enc, ==, x);
+    g_free(enc);
+    g_free(x);
+    enc = hdr_encode("<CAJfq0Fw-very-long-message-id-from-a-big-mail-provider-1234567890@mail.example.com>", 13);
+    g_assert_null(strstr(enc, "=?"));
+    g_free(enc);
+    /* Past the 998-column hard limit, and text that would be mistaken for
+     * an encoded-word, are encoded. */
+    x = repeat('x', 1000);
     check_hdr_roundtrip(x, 9, TRUE);
     g_free(x);
     check_hdr_roundtrip("=?UTF-8?B?Zm9v?=", 9, TRUE);

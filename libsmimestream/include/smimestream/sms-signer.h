@@ -140,7 +140,8 @@ typedef struct sms_plugin_descriptor {
 /* Find the plugin for spec and open it.  spec is a path (software keys) or
  * "scheme:..." (pkcs11:, dbus:, or a third-party scheme X handled by X.so).
  * Plugins are looked up in $SMIMESTREAM_PLUGIN_DIR (colon-separated), then
- * $libdir/smimestream/signers, then the build tree. */
+ * $libdir/smimestream/signers, then (only when this library runs from its
+ * build tree) the build tree. */
 int sms_signer_open(const char *spec, const sms_signer_options *options, sms_signer **ret_signer,
                     char *err, size_t err_size);
 
