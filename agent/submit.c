@@ -376,15 +376,17 @@ static int follow_job(DBusConnection *c, follow *f)
     while (!f->finished) {
         if (!dbus_connection_read_write_dispatch(c, 100))
             return fail(EX_TEMPFAIL, "lost the connection to the bus; the job may still run");
-        if (sigints >= 1 && !cancelled) {
+        /* Two signals seen at once mean abort: sending Cancel first would
+         * let the agent finish and deliver the partial message before the
+         * Abort arrives. */
+        if (sigints >= 2 && !aborted) {
+            aborted = true;
+            call_job(c, f->job, "Abort");
+        } else if (sigints >= 1 && !cancelled && !aborted) {
             cancelled = true;
             call_job(c, f->job, "Cancel");
             fprintf(stderr, "smimestream: cancelling: the part sent so far will be signed and "
                             "delivered, marked partial (Ctrl-C again to abort)\n");
-        }
-        if (sigints >= 2 && !aborted) {
-            aborted = true;
-            call_job(c, f->job, "Abort");
         }
     }
     draw_progress(f, true);

@@ -40,31 +40,18 @@ ok "delivery: --progress names the job and its end" \
     eval 'grep -q "submitted as /org/smimestream/Agent1/jobs/" "$WORK/plain.err" && grep -q "^submit: done" "$WORK/plain.err"'
 
 # ---- cancel and abort ------------------------------------------------------------
-start_writer() { # FIFO: 1 MiB, then keep it open without writing
-    /usr/bin/python3 - "$1" <<'PY' &
-import os, sys, time
-fd = os.open(sys.argv[1], os.O_WRONLY)
-data = memoryview(os.urandom(1 << 20))
-while data:
-    data = data[os.write(fd, data):]
-time.sleep(60)
-PY
-    WRITER=$!
-    bg_track "$WRITER"
-}
-drained() { [ "$(/usr/bin/python3 "$MIMETOOL" fionread "$1")" = 0 ]; }
 
 for mode in cancel abort; do
     before=$(stored_count)
     fifo=$WORK/$mode.fifo
     mkfifo "$fifo"
-    start_writer "$fifo"
+    start_quiet_writer "$fifo"
     "$SMIMESTREAM" submit "${MSG_ARGS[@]}" --signer default --smtp default \
         --attach "$fifo" --attach-name scan.raw 2>"$WORK/$mode.err" </dev/null &
     PID=$!
     bg_track "$PID"
     sleep 0.5
-    wait_for drained "$fifo" || diag "the FIFO was not drained"
+    wait_for fifo_drained "$fifo" || diag "the FIFO was not drained"
     sleep 0.3
     if [ "$mode" = cancel ]; then
         kill -INT "$PID"

@@ -486,3 +486,20 @@ wait_exit() {
     wait "$pid" 2>/dev/null
     return 124
 }
+
+# start_quiet_writer FIFO: a writer that puts 1 MiB of random bytes into
+# FIFO and then keeps it open without writing (a scanner that paused), for
+# up to 60 s; sets WRITER.  fifo_drained FIFO: everything written was read.
+start_quiet_writer() {
+    "$PYTHON" - "$1" <<'PY' &
+import os, sys, time
+fd = os.open(sys.argv[1], os.O_WRONLY)
+data = memoryview(os.urandom(1 << 20))
+while data:
+    data = data[os.write(fd, data):]
+time.sleep(60)
+PY
+    WRITER=$!
+    bg_track "$WRITER"
+}
+fifo_drained() { [ "$("$PYTHON" "$MIMETOOL" fionread "$1")" = 0 ]; }

@@ -53,31 +53,18 @@ ok "delivery: --progress shows the phase and the final line" \
     eval 'grep -q "^send: connecting" "$WORK/plain.err" && grep -q "^smimestream: sent <" "$WORK/plain.err"'
 
 # ---- cancel and abort mid-attachment ---------------------------------------------
-# A FIFO whose writer writes 1 MiB and then keeps it open without writing.
-start_writer() { # FIFO
-    /usr/bin/python3 - "$1" <<'PY' &
-import os, sys, time
-fd = os.open(sys.argv[1], os.O_WRONLY)
-data = memoryview(os.urandom(1 << 20))
-while data:
-    data = data[os.write(fd, data):]
-time.sleep(60)
-PY
-    WRITER=$!
-    bg_track "$WRITER"
-}
+# A FIFO whose writer writes 1 MiB and then pauses (start_quiet_writer).
 
-consumed() { [ "$(/usr/bin/python3 "$MIMETOOL" fionread "$1")" = 0 ] && [ -e "$2" ]; }
 
 for mode in cancel abort; do
     start_server "$mode"
     fifo=$WORK/$mode.fifo
     mkfifo "$fifo"
-    start_writer "$fifo"
+    start_quiet_writer "$fifo"
     send_bg "$WORK/$mode" --smtp "smtp://127.0.0.1:$PORT" --attach "$fifo" --attach-name scan.raw
     # The server log shows DATA once streaming has started; then the FIFO drains.
     wait_for grep -q '"DATA"' "$WORK/$mode.events" || diag "no DATA seen in the server log"
-    wait_for consumed "$fifo" "$WORK/$mode.log" || diag "the FIFO was not drained"
+    wait_for fifo_drained "$fifo" || diag "the FIFO was not drained"
     sleep 0.3
     if [ "$mode" = cancel ]; then
         kill -INT "$PID"
