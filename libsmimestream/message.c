@@ -202,7 +202,7 @@ static bool is_atext(int c)
 
 /* A conservative RFC 5321 mailbox: dot-atom local part, a domain of
  * letters, digits and hyphens (or an address literal). */
-static bool addr_spec_valid(const char *a, size_t len)
+bool sms__addr_spec_valid(const char *a, size_t len)
 {
     const char *at = memchr(a, '@', len);
     if (!at || at == a || len > 254)
@@ -294,7 +294,7 @@ static int parse_address(sms_message *m, const char *in, const char *field, addr
         while (spec_len && *spec == ' ')
             spec++, spec_len--;
     }
-    if (!addr_spec_valid(spec, spec_len))
+    if (!sms__addr_spec_valid(spec, spec_len))
         return refuse(m, SMS_ERR_BAD_HEADER,
                       "%s address '%s' is not a valid mailbox (expected user@example.org, "
                       "ASCII only)",

@@ -122,6 +122,10 @@ SMS_HIDDEN bool sms__mime_param(sms__buf *out, const char *name, const char *utf
 
 SMS_HIDDEN bool sms__utf8_valid(const uint8_t *s, size_t len);
 
+/* message.c: a conservative RFC 5321 mailbox (dot-atom local part, a
+ * hostname or address-literal domain), shared by headers and envelope. */
+SMS_HIDDEN bool sms__addr_spec_valid(const char *a, size_t len);
+
 /* ---- CMS SignedData (cms.c, libtasn1) ---------------------------------- */
 
 /* DER of the signed attributes as a SET OF (first byte 0x31), ready to be

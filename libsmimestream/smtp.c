@@ -319,23 +319,6 @@ static bool need_tls(const sms_smtp *s)
     return s->user != NULL || (s->flags & SMS_SMTP_REQUIRE_STARTTLS) || s->smtps;
 }
 
-/* A bare addr-spec for the envelope: ASCII, no spaces, brackets or
- * controls, one "@" with something on both sides. */
-static bool envelope_addr_ok(const char *a, size_t n)
-{
-    if (n == 0 || n > 254)
-        return false;
-    const char *at = memchr(a, '@', n);
-    if (!at || at == a || at == a + n - 1 || memchr(at + 1, '@', (size_t)(a + n - at - 1)))
-        return false;
-    for (size_t i = 0; i < n; i++) {
-        unsigned char c = (unsigned char)a[i];
-        if (c <= 0x20 || c >= 0x7f || c == '<' || c == '>' || c == ',' || c == ';')
-            return false;
-    }
-    return true;
-}
-
 /* ---- lifecycle and configuration --------------------------------------- */
 
 sms_smtp *sms_smtp_new(void)
@@ -531,7 +514,7 @@ int sms_smtp_add_bcc(sms_smtp *s, const char *address)
         a = lt + 1;
         n = (size_t)(gt - a);
     }
-    if (strpbrk(address, "\r\n") || !envelope_addr_ok(a, n))
+    if (strpbrk(address, "\r\n") || !sms__addr_spec_valid(a, n))
         return fail(s, SMS_ERR_BAD_HEADER,
                     "Bcc address '%s' is not a valid mailbox (expected user@example.org)",
                     strpbrk(address, "\r\n") ? "(contains a line break)" : address);

@@ -123,4 +123,11 @@ is "$(stored_count)" 0 "refused recipient: nothing stored (like msmtp)"
 ok "refused recipient: it is named with the server's reply" \
     grep_file "nobody@example.org: REFUSED .550" "$WORK/rcpt.err"
 
+# ---- a malformed Bcc is refused like a malformed To ------------------------------
+before=$(stored_count)
+timeout 30 "$SMIMESTREAM" send "${STD_ARGS[@]}" "${SIGNER_ARGS[@]}" --bcc 'a..b@example.org' \
+    --smtp "smtp://127.0.0.1:$PORT" 2>"$WORK/bcc.err" </dev/null
+is "$?" 65 "malformed --bcc (a..b@example.org): exit 65, as for --to"
+is "$(stored_count)" "$before" "malformed --bcc: nothing stored"
+
 done_testing
