@@ -689,29 +689,23 @@ static void emit_signed(sms_message *m, const void *p, size_t n)
 /* Format into the staging buffer; hash what was added when `sign`. */
 static void emitf(sms_message *m, bool sign, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 
+/* Hash what was staged since mark: the bytes of the signed entity are
+ * hashed exactly as they were written. */
+static void hash_since(sms_message *m, size_t mark)
+{
+    if (!m->out.failed && m->out.len > mark)
+        gnutls_hash(m->hash, m->out.data + mark, m->out.len - mark);
+}
+
 static void emitf(sms_message *m, bool sign, const char *fmt, ...)
 {
     size_t mark = m->out.len;
     va_list ap;
     va_start(ap, fmt);
-    char tmp[1024];
-    int n = vsnprintf(tmp, sizeof tmp, fmt, ap);
+    sms__buf_vprintf(&m->out, fmt, ap);
     va_end(ap);
-    if (n < 0)
-        return;
-    if ((size_t)n < sizeof tmp) {
-        sms__buf_append(&m->out, tmp, (size_t)n);
-    } else {
-        va_start(ap, fmt);
-        sms__buf *b = &m->out;
-        if (sms__buf_reserve(b, (size_t)n + 1)) {
-            vsnprintf((char *)b->data + b->len, (size_t)n + 1, fmt, ap);
-            b->len += (size_t)n;
-        }
-        va_end(ap);
-    }
-    if (sign && !m->out.failed)
-        gnutls_hash(m->hash, m->out.data + mark, m->out.len - mark);
+    if (sign)
+        hash_since(m, mark);
 }
 
 /* ---- preparing --------------------------------------------------------- */
@@ -876,8 +870,7 @@ static void emit_qp(sms_message *m, const uint8_t *p, size_t n)
     sms__qp_init(&qp);
     sms__qp_update(&qp, p, n, &m->out);
     sms__qp_final(&qp, &m->out);
-    if (!m->out.failed)
-        gnutls_hash(m->hash, m->out.data + mark, m->out.len - mark);
+    hash_since(m, mark);
 }
 
 static void emit_text_part(sms_message *m, const uint8_t *text, size_t n, const char *extra)
@@ -915,8 +908,7 @@ static int step_attach_headers(sms_message *m)
     if (!ok)
         return fail(m, SMS_ERR_BAD_HEADER, "attachment name '%s' cannot be encoded",
                     a->filename);
-    if (!m->out.failed)
-        gnutls_hash(m->hash, m->out.data + mark, m->out.len - mark);
+    hash_since(m, mark);
     sms__b64_init(&m->b64);
     m->step = STEP_ATTACH_DATA;
     return SMS_OK;

@@ -44,6 +44,8 @@ SMS_HIDDEN void sms__buf_append(sms__buf *b, const void *p, size_t n);
 SMS_HIDDEN void sms__buf_puts(sms__buf *b, const char *s);
 SMS_HIDDEN void sms__buf_printf(sms__buf *b, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
+SMS_HIDDEN void sms__buf_vprintf(sms__buf *b, const char *fmt, va_list ap)
+    __attribute__((format(printf, 2, 0)));
 
 /* snprintf into an error buffer (err may be NULL or err_size 0). */
 SMS_HIDDEN void sms__set_err(char *err, size_t err_size, const char *fmt, ...)

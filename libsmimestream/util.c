@@ -67,20 +67,26 @@ void sms__buf_puts(sms__buf *b, const char *s)
     sms__buf_append(b, s, strlen(s));
 }
 
+void sms__buf_vprintf(sms__buf *b, const char *fmt, va_list ap)
+{
+    va_list again;
+    va_copy(again, ap);
+    int n = vsnprintf(NULL, 0, fmt, ap);
+    if (n < 0 || !sms__buf_reserve(b, (size_t)n + 1)) {
+        b->failed = true;
+    } else {
+        vsnprintf((char *)b->data + b->len, (size_t)n + 1, fmt, again);
+        b->len += (size_t)n;
+    }
+    va_end(again);
+}
+
 void sms__buf_printf(sms__buf *b, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
-    int n = vsnprintf(NULL, 0, fmt, ap);
+    sms__buf_vprintf(b, fmt, ap);
     va_end(ap);
-    if (n < 0 || !sms__buf_reserve(b, (size_t)n + 1)) {
-        b->failed = true;
-        return;
-    }
-    va_start(ap, fmt);
-    vsnprintf((char *)b->data + b->len, (size_t)n + 1, fmt, ap);
-    va_end(ap);
-    b->len += (size_t)n;
 }
 
 void sms__set_err(char *err, size_t err_size, const char *fmt, ...)
